@@ -1,0 +1,1 @@
+"""mlcycle test suite."""

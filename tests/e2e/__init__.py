@@ -1,0 +1,1 @@
+"""End-to-end tests: the whole loop on the local control plane."""

@@ -1,0 +1,206 @@
+"""Build the control-plane binaries from their pinned Go modules, once, into a cache outside the repo.
+
+Each component is a consumer module under ``tests/harness/go/<name>/`` whose go.mod and go.sum pin
+every dependency. A build lands in ``$MLCYCLE_CACHE/bin/<name>-<version>-<digest>/`` (default cache
+``~/.cache/mlcycle``); the digest covers go.mod, go.sum, the Go toolchain and the link flags, so a
+version bump rebuilds and anything else reuses what is there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GO_DIR = Path(__file__).resolve().parent / "go"
+
+KUBERNETES_VERSION = "v1.37.2"
+ETCD_VERSION = "v3.7.3"
+KWOK_VERSION = "v0.8.0"
+HELM_VERSION = "v3.22.0"
+
+
+def _version_ldflags(packages: list[str], version: str) -> list[str]:
+    major, minor = version.lstrip("v").split(".")[:2]
+    flags = []
+    for pkg in packages:
+        flags += [
+            f"-X {pkg}.gitVersion={version}",
+            f"-X {pkg}.gitMajor={major}",
+            f"-X {pkg}.gitMinor={minor}",
+            f"-X {pkg}.gitTreeState=clean",
+        ]
+    return flags
+
+
+@dataclass(frozen=True)
+class Component:
+    """One consumer module and the commands built from it."""
+
+    name: str
+    version: str
+    commands: dict[str, str]  # binary name -> Go package path
+    ldflags: list[str] = field(default_factory=list)
+    # Files copied out of a dependency's module directory next to the binaries (module, relative paths).
+    module_files: tuple[str, tuple[str, ...]] | None = None
+
+    @property
+    def module_dir(self) -> Path:
+        return GO_DIR / self.name
+
+
+COMPONENTS: dict[str, Component] = {
+    "kubernetes": Component(
+        name="kubernetes",
+        version=KUBERNETES_VERSION,
+        commands={
+            "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+            "kube-controller-manager": "k8s.io/kubernetes/cmd/kube-controller-manager",
+            "kube-scheduler": "k8s.io/kubernetes/cmd/kube-scheduler",
+            "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        },
+        # Without these the servers report v0.0.0 and clients' version skew checks misfire.
+        ldflags=_version_ldflags(
+            ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"], KUBERNETES_VERSION
+        ),
+    ),
+    "etcd": Component(
+        name="etcd",
+        version=ETCD_VERSION,
+        commands={"etcd": "."},
+    ),
+    "kwok": Component(
+        name="kwok",
+        version=KWOK_VERSION,
+        commands={"kwok": "sigs.k8s.io/kwok/cmd/kwok"},
+        # The kwok binary has no built-in lifecycle: it needs Stage objects. These are the "fast"
+        # stages that kwokctl itself uses, taken from the pinned module rather than copied here.
+        module_files=(
+            "sigs.k8s.io/kwok",
+            (
+                "kustomize/stage/node/fast/node-initialize.yaml",
+                "kustomize/stage/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+                "kustomize/stage/pod/fast/pod-ready.yaml",
+                "kustomize/stage/pod/fast/pod-complete.yaml",
+                "kustomize/stage/pod/fast/pod-delete.yaml",
+            ),
+        ),
+    ),
+    "helm": Component(
+        name="helm",
+        version=HELM_VERSION,
+        commands={"helm": "helm.sh/helm/v3/cmd/helm"},
+        ldflags=[f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"],
+    ),
+}
+
+KWOK_STAGES_FILE = "kwok-stages.yaml"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MLCYCLE_CACHE", Path.home() / ".cache" / "mlcycle"))
+
+
+def _go() -> str:
+    go = shutil.which("go")
+    if go is None:
+        raise BuildError("the Go toolchain ('go') is not on PATH; it is needed to build the control plane")
+    return go
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # go.sum pins every hash; the checksum database is not reachable from every machine we run on.
+    env.setdefault("GOSUMDB", "off")
+    env["GOFLAGS"] = "-mod=readonly -buildvcs=false"
+    return env
+
+
+def _go_version() -> str:
+    return subprocess.run([_go(), "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+class BuildError(RuntimeError):
+    """A control-plane binary could not be built."""
+
+
+def install_dir(component: Component) -> Path:
+    digest = hashlib.sha256()
+    for name in ("go.mod", "go.sum"):
+        digest.update((component.module_dir / name).read_bytes())
+    digest.update(_go_version().encode())
+    digest.update(" ".join(component.ldflags).encode())
+    return cache_root() / "bin" / f"{component.name}-{component.version}-{digest.hexdigest()[:10]}"
+
+
+def _is_built(target: Path, component: Component) -> bool:
+    return (target / ".complete").exists() and all((target / cmd).exists() for cmd in component.commands)
+
+
+def ensure(component: Component, log=print) -> Path:
+    """Return the directory holding the component's binaries, building them first if needed."""
+    target = install_dir(component)
+    if _is_built(target, component):
+        return target
+    log(f"[harness] building {component.name} {component.version} ({', '.join(component.commands)}) -> {target}")
+    started = time.monotonic()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{component.name}-", dir=target.parent))
+    try:
+        env = _go_env()
+        ldflags = " ".join(["-s", "-w", *component.ldflags])
+        cmd = [_go(), "build", "-trimpath", f"-ldflags={ldflags}", "-o", f"{staging}/"]
+        packages = list(component.commands.values())
+        if packages == ["."]:
+            cmd[-1] = str(staging / next(iter(component.commands)))
+        proc = subprocess.run([*cmd, *packages], cwd=component.module_dir, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BuildError(f"go build of {component.name} failed:\n{proc.stdout}{proc.stderr}")
+        if component.module_files:
+            module, files = component.module_files
+            mod_dir = subprocess.run(
+                [_go(), "list", "-m", "-f", "{{.Dir}}", module],
+                cwd=component.module_dir, env=env, capture_output=True, text=True, check=True,
+            ).stdout.strip()
+            docs = [Path(mod_dir, f).read_text().strip() for f in files]
+            (staging / KWOK_STAGES_FILE).write_text("\n---\n".join(docs) + "\n")
+        (staging / ".complete").write_text(f"{component.version}\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    log(f"[harness] built {component.name} in {time.monotonic() - started:.0f}s")
+    return target
+
+
+def ensure_all(log=print) -> dict[str, Path]:
+    """Build (or find in the cache) every component; return binary name -> path."""
+    paths: dict[str, Path] = {}
+    for component in COMPONENTS.values():
+        directory = ensure(component, log=log)
+        for cmd in component.commands:
+            paths[cmd] = directory / cmd
+        if component.module_files:
+            paths[KWOK_STAGES_FILE] = directory / KWOK_STAGES_FILE
+    return paths
+
+
+def main() -> int:
+    started = time.monotonic()
+    try:
+        paths = ensure_all()
+    except BuildError as err:
+        print(f"[harness] {err}", file=sys.stderr)
+        return 1
+    for name, path in paths.items():
+        print(f"  {name:24} {path}")
+    print(f"[harness] control-plane binaries ready in {time.monotonic() - started:.1f}s")
+    return 0

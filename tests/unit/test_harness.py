@@ -1,0 +1,97 @@
+"""The control-plane harness's pure parts: pins that agree with each other, kubeconfigs, fake nodes."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.harness import binaries
+from tests.harness.cluster import KWOK_NODE_ANNOTATION, fake_node, kubeconfig
+
+
+def _go_mod(name: str) -> str:
+    return (binaries.GO_DIR / name / "go.mod").read_text()
+
+
+def test_kubernetes_module_replaces_every_staging_module_with_the_matching_tag():
+    text = _go_mod("kubernetes")
+    assert f"k8s.io/kubernetes {binaries.KUBERNETES_VERSION}" in text
+    staging_tag = "v0." + binaries.KUBERNETES_VERSION.removeprefix("v1.")
+    replaces = re.findall(r"^\s*(k8s\.io/\S+) => (k8s\.io/\S+) (v\S+)$", text, re.MULTILINE)
+    assert len(replaces) >= 30, "k8s.io/kubernetes has 30+ staging modules; all need a replace"
+    for source, target, version in replaces:
+        assert source == target
+        assert version == staging_tag, f"{source} is replaced with {version}, not {staging_tag}"
+
+
+def test_etcd_siblings_are_required_at_one_version():
+    versions = re.findall(r"go\.etcd\.io/etcd/\S+ (v\S+)", _go_mod("etcd"))
+    assert len(versions) >= 5
+    assert set(versions) == {binaries.ETCD_VERSION}
+
+
+@pytest.mark.parametrize(
+    ("name", "module", "version"),
+    [("kwok", "sigs.k8s.io/kwok", binaries.KWOK_VERSION), ("helm", "helm.sh/helm/v3", binaries.HELM_VERSION)],
+)
+def test_tool_modules_pin_the_declared_version(name, module, version):
+    assert re.search(rf"^\s*(require )?{re.escape(module)} {re.escape(version)}$", _go_mod(name), re.MULTILINE)
+
+
+def test_every_component_has_a_go_sum():
+    for component in binaries.COMPONENTS.values():
+        assert (component.module_dir / "go.sum").stat().st_size > 0, component.name
+
+
+def test_install_dir_changes_with_link_flags(monkeypatch, tmp_path):
+    monkeypatch.setenv("MLCYCLE_CACHE", str(tmp_path))
+    monkeypatch.setattr(binaries, "_go_version", lambda: "go1.26.8")
+    component = binaries.COMPONENTS["kubernetes"]
+    first = binaries.install_dir(component)
+    assert first.parent == tmp_path / "bin"
+    assert first.name.startswith(f"kubernetes-{binaries.KUBERNETES_VERSION}-")
+    bumped = binaries.Component(
+        name=component.name, version=component.version, commands=component.commands,
+        ldflags=[*component.ldflags, "-X other=1"],
+    )
+    assert binaries.install_dir(bumped) != first
+    monkeypatch.setattr(binaries, "_go_version", lambda: "go1.27.0")
+    assert binaries.install_dir(component) != first
+
+
+def test_version_ldflags_name_major_and_minor():
+    flags = binaries._version_ldflags(["k8s.io/component-base/version"], "v1.37.2")
+    assert "-X k8s.io/component-base/version.gitVersion=v1.37.2" in flags
+    assert "-X k8s.io/component-base/version.gitMajor=1" in flags
+    assert "-X k8s.io/component-base/version.gitMinor=37" in flags
+
+
+def test_kubeconfig_inlines_certificates(tmp_path: Path):
+    for name, content in (("ca.crt", b"CA"), ("c.crt", b"CERT"), ("c.key", b"KEY")):
+        (tmp_path / name).write_bytes(content)
+    config = kubeconfig("https://127.0.0.1:6443", tmp_path / "ca.crt", tmp_path / "c.crt", tmp_path / "c.key", "me")
+    cluster = config["clusters"][0]["cluster"]
+    user = config["users"][0]["user"]
+    assert cluster["server"] == "https://127.0.0.1:6443"
+    assert base64.b64decode(cluster["certificate-authority-data"]) == b"CA"
+    assert base64.b64decode(user["client-certificate-data"]) == b"CERT"
+    assert base64.b64decode(user["client-key-data"]) == b"KEY"
+    assert config["current-context"] == config["contexts"][0]["name"]
+
+
+def test_cpu_node_is_managed_by_kwok_and_untainted():
+    node = fake_node("n0")
+    key, value = KWOK_NODE_ANNOTATION
+    assert node["metadata"]["annotations"][key] == value
+    assert "taints" not in node["spec"]
+    assert "nvidia.com/gpu" not in node["status"]["capacity"]
+
+
+def test_gpu_node_advertises_gpus_behind_a_taint():
+    node = fake_node("g0", gpus=4)
+    assert node["status"]["capacity"]["nvidia.com/gpu"] == "4"
+    assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
+    assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
