@@ -1,0 +1,68 @@
+# mlcycle — one entry point for setting up, testing and running the project locally.
+# `make help` lists the targets. Everything runs from the repository root.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# uv resolves and installs the pinned lock in seconds; pinned itself so every machine gets the same.
+UV_VERSION := 0.13.9
+SETUP_STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+HARNESS := $(PYTHON) -m tests.harness
+
+.PHONY: help setup system-deps binaries cluster-up cluster-down lint test test-unit test-integration test-e2e demo clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(SETUP_STAMP): requirements/dev.lock operator/pyproject.toml runtime/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip install --python $(BIN)/python -r requirements/dev.lock
+	touch $@
+
+setup: $(SETUP_STAMP) ## create .venv with both packages (editable) and the test tools, from the lock
+
+system-deps: ## install the Debian packages the tests use (only what is missing)
+	bash hack/install-system-deps.sh
+
+binaries: ## build (or reuse from ~/.cache/mlcycle) etcd, kube-*, kwok, kubectl and helm
+	$(HARNESS) build
+
+cluster-up: binaries ## start the local control plane in the background and print its KUBECONFIG
+	$(HARNESS) up
+
+cluster-down: ## stop every process cluster-up started
+	$(HARNESS) down
+
+lint: setup ## ruff and the import-linter boundaries
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test-unit: setup ## unit tests (no cluster, no network)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: setup system-deps binaries ## integration tests against the local control plane
+	$(BIN)/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: setup system-deps binaries ## end-to-end tests
+	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
+
+test: setup system-deps binaries lint ## everything CI runs: lint, then unit, integration and e2e tests
+	$(BIN)/pytest tests $(PYTEST_ARGS)
+
+demo: setup system-deps cluster-up ## the main job (for now: the local control plane, ready for the operator)
+	@echo
+	@echo "The local control plane is up (make cluster-down stops it)."
+	@echo "  export KUBECONFIG=$${MLCYCLE_CLUSTER_DIR:-/tmp/mlcycle-cluster}/kubeconfig"
+	@echo "  kubectl get nodes   # kubectl is built into ~/.cache/mlcycle/bin/kubernetes-*/"
+	@echo "Next: the operator and the four kinds (MLProject, TrainingJob, ModelDeployment, DriftMonitor)"
+	@echo "are not implemented yet; once they are, this target installs them and runs the churn example."
+
+clean: ## remove the virtual environment and caches in the repo (not the binary cache)
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
