@@ -14,7 +14,7 @@ SETUP_STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 HARNESS := $(PYTHON) -m tests.harness
 
-.PHONY: help setup system-deps binaries cluster-up cluster-down lint test test-unit test-integration test-e2e demo clean
+.PHONY: help setup system-deps binaries cluster-up cluster-down crds check-generated lint test test-unit test-integration test-e2e demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -39,7 +39,15 @@ cluster-up: binaries ## start the local control plane in the background and prin
 cluster-down: ## stop every process cluster-up started
 	$(HARNESS) down
 
-lint: setup ## ruff and the import-linter boundaries
+CRD_DIRS := crds charts/mlcycle/crds
+
+crds: setup ## regenerate the CRDs from the operator's API models
+	$(BIN)/python -m mlcycle_operator.api.crd $(CRD_DIRS)
+
+check-generated: setup ## fail when the checked-in CRDs differ from the API models
+	$(BIN)/python -m mlcycle_operator.api.crd --check $(CRD_DIRS)
+
+lint: setup check-generated ## ruff, the import-linter boundaries, and generated files up to date
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
