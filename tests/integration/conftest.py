@@ -39,3 +39,24 @@ def mlcycle_crds(api_client) -> list[str]:
                 pytest.fail(f"CRD {name} was not Established within 30s")
             time.sleep(0.1)
     return names
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, mlcycle_crds):
+    """The mlcycle operator, in this process (kopf.testing.KopfRunner), watching every namespace."""
+    import os
+
+    from kopf.testing import KopfRunner
+
+    saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "MLCYCLE_PROMETHEUS_URL")}
+    os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
+    os.environ.pop("MLCYCLE_PROMETHEUS_URL", None)
+    with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "mlcycle_operator.handlers"],
+                    timeout=60) as runner:
+        yield runner
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    assert runner.exception is None, f"the operator crashed: {runner.exception!r}\n{runner.output[-3000:]}"

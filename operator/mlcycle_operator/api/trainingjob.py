@@ -179,6 +179,12 @@ class Output(ApiModel):
 class TrainingJobSpec(ApiModel):
     """Desired state of a TrainingJob. Immutable once the job has started."""
 
+    # A run is a record: its spec must say what actually ran. Change means a new TrainingJob.
+    model_config = _rules({
+        "rule": "self == oldSelf",
+        "message": "a TrainingJob's spec is immutable once created; create a new TrainingJob instead",
+    })
+
     project: Name = Field(description="The MLProject this job belongs to.")
     data: Data = Field(description="Training data.")
     validation: Validation = Field(default_factory=Validation, description="Data validation rules.")

@@ -1,0 +1,48 @@
+"""The operator's configuration: environment variables, one prefix (MLCYCLE_), read once at start."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+PREFIX = "MLCYCLE_"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings that are not part of any resource's spec."""
+
+    prometheus_url: str | None = None  # Prometheus HTTP API for canary analysis; analysis is inconclusive without it
+    watch_namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    runtime_image: str = "ghcr.io/mlcycle/runtime:0.1.0"  # used when neither the resource nor its project sets one
+    metrics_port: int = 8080  # the operator's own Prometheus metrics
+    health_port: int = 8081  # Kopf's liveness endpoint
+    log_level: str = "INFO"
+    reconcile_interval: float = 10.0  # seconds between level-based re-checks of live objects
+    prometheus_timeout: float = 5.0
+    peering: str = field(default="mlcycle")  # Kopf peering name, for running more than one replica
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Config:
+        env = dict(os.environ if env is None else env)
+
+        def get(name: str, default: str | None = None) -> str | None:
+            value = env.get(PREFIX + name, "").strip()
+            return value or default
+
+        namespaces = tuple(n.strip() for n in (get("WATCH_NAMESPACES", "") or "").split(",") if n.strip())
+        try:
+            return cls(
+                prometheus_url=(get("PROMETHEUS_URL") or "").rstrip("/") or None,
+                watch_namespaces=namespaces,
+                runtime_image=get("RUNTIME_IMAGE", cls.runtime_image),
+                metrics_port=int(get("METRICS_PORT", str(cls.metrics_port))),
+                health_port=int(get("HEALTH_PORT", str(cls.health_port))),
+                log_level=(get("LOG_LEVEL", cls.log_level) or "INFO").upper(),
+                reconcile_interval=float(get("RECONCILE_INTERVAL", str(cls.reconcile_interval))),
+                prometheus_timeout=float(get("PROMETHEUS_TIMEOUT", str(cls.prometheus_timeout))),
+                peering=get("PEERING", cls.peering),
+            )
+        except ValueError as err:
+            raise SystemExit(f"invalid {PREFIX}* setting: {err}") from err
+

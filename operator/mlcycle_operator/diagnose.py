@@ -1,0 +1,169 @@
+"""Turn what the cluster shows about a training workload, and what the trainer reported, into a TrainingJob
+status in words. Pure: the handler fetches; this decides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from . import conditions as cond
+
+TERMINAL = ("Succeeded", "Failed")
+RUNTIME_PHASES = ("ValidatingData", "Training", "Evaluating", "Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something a user can act on, found in the workload's pods or the Job itself."""
+
+    reason: str
+    message: str
+    fatal: bool  # the run cannot recover by itself
+
+
+@dataclass
+class TrainingObservation:
+    """The new TrainingJob status fields and the Events to post for this observation."""
+
+    status: dict[str, Any]
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type Normal|Warning, reason, message)
+
+
+def pod_problems(pods: list[dict[str, Any]]) -> list[Problem]:
+    """Image pull failures, unschedulable pods and OOM kills, in words."""
+    problems: list[Problem] = []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        status = pod.get("status") or {}
+        for c in status.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                problems.append(Problem(cond.UNSCHEDULABLE,
+                                        f"pod {name} cannot be scheduled: {c.get('message', '')}".strip(), False))
+        for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
+                problems.append(Problem(cond.IMAGE_PULL, f"image {cs.get('image')} of pod {name} cannot be pulled: "
+                                        f"{waiting.get('message') or waiting['reason']}", False))
+            for state in ((cs.get("state") or {}).get("terminated"), (cs.get("lastState") or {}).get("terminated")):
+                if state and state.get("reason") == "OOMKilled":
+                    problems.append(Problem(cond.OOM_KILLED, f"container {cs.get('name')} of pod {name} ran out of "
+                                            "memory (OOMKilled): raise distribution.memoryPerWorker", True))
+                    break
+    return problems
+
+
+def job_failure(job: dict[str, Any] | None) -> Problem | None:
+    """The batch Job's own verdict: deadline exceeded or too many failed pods."""
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Failed" and c.get("status") == "True":
+            if c.get("reason") == "DeadlineExceeded":
+                return Problem(cond.DEADLINE_EXCEEDED, "training ran past spec.activeDeadline and was stopped", True)
+            return Problem(cond.TRAINING_FAILED, f"the training workload failed: {c.get('reason')}: "
+                           f"{c.get('message', '')}".strip(), True)
+    return None
+
+
+# How long after the workload completes a missing report counts as "exited without reporting": the
+# trainer's last status patch and the Job controller's Complete condition are not ordered.
+REPORT_GRACE_SECONDS = 10.0
+
+
+def job_completed_at(job: dict[str, Any] | None) -> str | None:
+    """When the batch Job completed successfully (its Complete condition), else None."""
+    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+        if c.get("type") == "Complete" and c.get("status") == "True":
+            return c.get("lastTransitionTime") or ""
+    return None
+
+
+def _seconds_between(earlier: str, later: str) -> float:
+    if not earlier:
+        return float("inf")
+    start = datetime.fromisoformat(earlier.replace("Z", "+00:00"))
+    return (datetime.fromisoformat(later.replace("Z", "+00:00")) - start).total_seconds()
+
+
+def observe_training(old: dict[str, Any], job: dict[str, Any] | None, pods: list[dict[str, Any]],
+                     generation: int | None, now: str) -> TrainingObservation:
+    """Phase, conditions and results from the runtime's status.result and the workload's state."""
+    result = old.get("result") or {}
+    conditions = list(old.get("conditions") or [])
+    new: dict[str, Any] = {"observedGeneration": generation}
+    events: list[tuple[str, str, str]] = []
+    phase = old.get("phase") or "Pending"
+    if phase in TERMINAL:
+        return TrainingObservation({})
+
+    reported = result.get("phase")
+    if reported in RUNTIME_PHASES:
+        phase = reported
+    for key in ("trials", "model", "metrics", "baselines", "gates", "slices", "lineage"):
+        if result.get(key) is not None:
+            new[key] = result[key]
+
+    validation = result.get("validation")
+    if validation is not None:
+        valid = bool(validation.get("passed"))
+        violations = validation.get("violations") or []
+        message = "data passed validation" if valid else "bad data: " + "; ".join(
+            v if isinstance(v, str) else v.get("message", str(v)) for v in violations[:20])
+        conditions = cond.set_condition(conditions, cond.DATA_VALID, valid, "Validated" if valid else cond.BAD_DATA,
+                                        message, generation)
+        if not valid:
+            phase = "Failed"
+
+    problems = pod_problems(pods)
+    failure = job_failure(job)
+    if failure is not None:
+        problems.append(failure)
+    if reported == "Failed" and result.get("error"):
+        problems.append(Problem(cond.TRAINING_FAILED, str(result["error"])[:2000], True))
+    if any(p.fatal for p in problems) and phase not in TERMINAL:
+        phase = "Failed"
+    completed = job_completed_at(job)
+    if (phase not in TERMINAL and completed is not None and reported != "Succeeded"
+            and _seconds_between(completed, now) >= REPORT_GRACE_SECONDS):
+        # The pod exited 0 without reporting: treat as a failure, never as a silent success.
+        problems.append(Problem(cond.TRAINING_FAILED, "the trainer exited without reporting a result", True))
+        phase = "Failed"
+
+    if problems:
+        worst = next((p for p in problems if p.fatal), problems[0])
+        conditions = cond.set_condition(conditions, cond.DEGRADED, True, worst.reason,
+                                        "; ".join(p.message for p in problems), generation)
+        if cond.get_condition(old.get("conditions"), cond.DEGRADED) is None or \
+                cond.get_condition(old.get("conditions"), cond.DEGRADED).get("reason") != worst.reason:
+            events.append(("Warning", worst.reason, worst.message))
+    elif cond.is_true(conditions, cond.DEGRADED):
+        conditions = cond.set_condition(conditions, cond.DEGRADED, False, "Recovered", "", generation)
+
+    gates = new.get("gates") or old.get("gates")
+    if phase == "Succeeded" and gates is not None:
+        passed = all(g.get("passed") for g in gates)
+        new["gatesPassed"] = passed
+        failed = [g for g in gates if not g.get("passed")]
+        conditions = cond.set_condition(
+            conditions, cond.GATES_PASSED, passed, "GatesPassed" if passed else "GatesFailed",
+            "every gate passed" if passed else "failed gates: " + ", ".join(
+                f"{g['name']} {g.get('value')} vs {g.get('threshold')}" for g in failed), generation)
+
+    running = phase not in TERMINAL
+    conditions = cond.set_condition(
+        conditions, cond.PROGRESSING, running, phase if running else "Finished",
+        f"phase {phase}" + (f": {(new.get('trials') or {}).get('finished', 0)}/"
+                            f"{(new.get('trials') or {}).get('total', 0)} trials" if new.get("trials") else ""),
+        generation)
+    if phase in TERMINAL:
+        new["completionTime"] = now
+        model = new.get("model") or {}
+        if phase == "Succeeded":
+            metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted((new.get("metrics") or {}).items())[:6])
+            events.append(("Normal", cond.SUCCEEDED, f"model {model.get('name')} version {model.get('version')} "
+                           f"trained ({metrics}); gates {'passed' if new.get('gatesPassed') else 'not passed'}"))
+        else:
+            reasons = "; ".join(p.message for p in problems) or "the trainer reported failure"
+            events.append(("Warning", "Failed", reasons))
+    new["phase"] = phase
+    new["conditions"] = conditions
+    return TrainingObservation(new, events)

@@ -1,0 +1,39 @@
+"""Status is computed on a copy, then written once: only the keys that changed go into the patch."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import kopf
+from pydantic import BaseModel, ValidationError
+
+from .. import conditions as cond
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def write(patch: kopf.Patch, old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Put into `patch.status` every top-level key whose value differs; True if anything changed."""
+    old = old or {}
+    changed = False
+    for key, value in new.items():
+        if old.get(key) != value:
+            patch.status[key] = value
+            changed = True
+    return changed
+
+
+def parse_spec(model: type[M], spec: dict[str, Any], body: kopf.Body, patch: kopf.Patch,
+               status: dict[str, Any] | None) -> M:
+    """The spec as its pydantic model; a spec the models refuse can never work, so it fails permanently
+    with a Degraded condition that says which field."""
+    try:
+        return model.model_validate(dict(spec))
+    except ValidationError as err:
+        problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        generation = body["metadata"].get("generation")
+        conditions = cond.set_condition(list((status or {}).get("conditions", [])), cond.DEGRADED, True,
+                                        cond.INVALID_SPEC, problems, generation)
+        write(patch, status, {"conditions": conditions, "observedGeneration": generation})
+        kopf.warn(body, reason=cond.INVALID_SPEC, message=problems)
+        raise kopf.PermanentError(problems) from err

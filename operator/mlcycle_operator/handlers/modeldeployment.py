@@ -1,0 +1,213 @@
+"""ModelDeployment handlers: resolve the model to serve, let the rollout state machine decide, then make the
+per-version servers and the router match the decision, and record it in status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+
+from .. import analysis, kube, rollout
+from .. import conditions as cond
+from ..api.common import API_VERSION, GROUP, VERSION
+from ..api.mlproject import MLProjectSpec
+from ..api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus
+from ..metrics import ROLLOUT_DECISIONS, reconciling
+from ..resources import serving as builders
+from ..resources.common import LABEL_COMPONENT, LABEL_INSTANCE, Meta
+from . import _children, _status
+from .mlproject import runtime_image
+
+PLURAL = "modeldeployments"
+VERSION_ANNOTATION = "mlcycle.io/model-version"
+HISTORY_LIMIT = 20
+# Decisions that change nothing a person would want an Event for (analysis failures get one regardless).
+QUIET_ACTIONS = {rollout.Action.NOTHING, rollout.Action.WAIT_READY, rollout.Action.HOLD, rollout.Action.ANALYSE}
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A servable version: where it is stored and which TrainingJob made it."""
+
+    version: str
+    uri: str
+    training_job: str | None = None
+    finished: str = ""
+
+
+def available_versions(spec: ModelDeploymentSpec, meta: Meta, project: MLProjectSpec,
+                       jobs: list[dict[str, Any]]) -> list[ModelVersion]:
+    """Pinned: the one version. Tracked: every Succeeded TrainingJob of the model whose gates passed, oldest first."""
+    model = spec.model
+    if model.uri:
+        return [ModelVersion(version=model.uri.rstrip("/").rsplit("/", 1)[-1], uri=model.uri)]
+    if model.version:
+        uri = f"{project.storage.uri.rstrip('/')}/{spec.project}/models/{model.name}/{model.version}"
+        return [ModelVersion(version=model.version, uri=uri)]
+    selector = model.track.selector.match_labels if model.track else {}
+    found = []
+    for job in jobs:
+        labels = job["metadata"].get("labels") or {}
+        status = job.get("status") or {}
+        produced = status.get("model") or {}
+        if (job["spec"].get("project") == spec.project and job["spec"]["output"]["modelName"] == model.name
+                and all(labels.get(k) == v for k, v in selector.items())
+                and status.get("phase") == "Succeeded" and status.get("gatesPassed") is True
+                and produced.get("version") and produced.get("uri")):
+            found.append(ModelVersion(produced["version"], produced["uri"], job["metadata"]["name"],
+                                      status.get("completionTime") or ""))
+    return sorted(found, key=lambda v: (v.finished, v.version))
+
+
+def _serving_state(meta: Meta) -> tuple[set[str], set[str], int, int]:
+    """Versions whose Deployment exists, those Available, and ready/desired replicas over all of them."""
+    selector = f"{LABEL_INSTANCE}={meta.name},{LABEL_COMPONENT}=model-server"
+    existing, ready, ready_replicas, desired_replicas = set(), set(), 0, 0
+    for deployment in kube.list_objects("apps/v1", "Deployment", meta.namespace, selector):
+        version = (deployment["metadata"].get("annotations") or {}).get(VERSION_ANNOTATION)
+        if not version:
+            continue
+        existing.add(version)
+        status = deployment.get("status") or {}
+        ready_replicas += status.get("readyReplicas", 0)
+        desired_replicas += deployment["spec"].get("replicas", 0)
+        if any(c.get("type") == "Available" and c.get("status") == "True" for c in status.get("conditions") or []):
+            ready.add(version)
+    return existing, ready, ready_replicas, desired_replicas
+
+
+def _analysis_settings(spec: ModelDeploymentSpec) -> Analysis | None:
+    strategy = spec.strategy
+    if strategy.type == "Canary":
+        return (strategy.canary.analysis if strategy.canary else Analysis())
+    if strategy.type == "BlueGreen":
+        return strategy.blue_green.analysis if strategy.blue_green else Analysis()
+    return None
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+def modeldeployment_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+                              memo: Any, **_: Any) -> None:
+    _reconcile(body, spec, status, patch, memo)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=3, idle=2)
+def modeldeployment_progress(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+                             memo: Any, **_: Any) -> None:
+    """Level-based: new gated models, replicas becoming ready and analysis intervals are not spec changes."""
+    _reconcile(body, spec, status, patch, memo)
+
+
+def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: Any) -> None:
+    with reconciling("ModelDeployment"):
+        md = _status.parse_spec(ModelDeploymentSpec, spec, body, patch, status)
+        meta = Meta.of(body)
+        old = dict(status or {})
+        project = kube.get(API_VERSION, "MLProject", meta.namespace, md.project)
+        if project is None:
+            message = f"MLProject {md.project} does not exist in namespace {meta.namespace}"
+            conditions = cond.set_condition(list(old.get("conditions", [])), cond.READY, False,
+                                            cond.PROJECT_NOT_FOUND, message, meta.generation)
+            if _status.write(patch, status, {"phase": "Pending", "conditions": conditions,
+                                             "observedGeneration": meta.generation}):
+                kopf.warn(body, reason=cond.PROJECT_NOT_FOUND, message=message)
+            return
+        project_spec = MLProjectSpec.model_validate(project["spec"])
+        jobs = kube.list_objects(API_VERSION, "TrainingJob", meta.namespace) if md.model.track else []
+        versions = {v.version: v for v in available_versions(md, meta, project_spec, jobs)}
+        desired = list(versions)[-1] if versions else None
+        existing, ready, ready_replicas, desired_replicas = _serving_state(meta)
+        current = ModelDeploymentStatus.model_validate(old)
+        candidate = (current.rollout.candidate_version if current.rollout else None) or current.candidate_version
+        measurements = None
+        settings = _analysis_settings(md)
+        if candidate and candidate in ready and settings is not None:
+            measurements = analysis.measure(memo.config.prometheus_url, settings.metrics, meta.namespace, meta.name,
+                                            candidate, settings.interval, memo.config.prometheus_timeout)
+        observation = rollout.Observation(
+            now=cond.now(), desired_version=desired, ready_versions=frozenset(ready),
+            existing_versions=frozenset(existing), measurements=measurements,
+        )
+        decision = rollout.decide(md, current, observation)
+        ROLLOUT_DECISIONS.labels(decision.action).inc()
+
+        serve = [v for v in (decision.stable_version, decision.candidate_version) if v]
+        known = {**{v: ModelVersion(v, old.get("modelUri") or "") for v in serve}, **versions}
+        image = md.serving.image or runtime_image(project_spec, memo)
+        children = []
+        for version in serve:
+            for child in builders.children_for_version(md, meta, version, known[version].uri, project_spec, image):
+                child["metadata"].setdefault("annotations", {})[VERSION_ANNOTATION] = version
+                children.append(child)
+        stable = known.get(decision.stable_version) if decision.stable_version else None
+        children += [
+            builders.router_config_map(md, meta, decision.traffic, stable.uri if stable else None),
+            builders.router_deployment(md, meta, project_spec, image),
+            builders.router_service(md, meta),
+        ]
+        if md.service_monitor and kube.resource_served("monitoring.coreos.com/v1", "servicemonitors"):
+            children.append(builders.service_monitor(md, meta))
+        _children.apply_owned(body, children)
+        keep = {builders.version_name(meta.name, v) for v in serve}
+        selector = f"{LABEL_INSTANCE}={meta.name},{LABEL_COMPONENT}=model-server"
+        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"),
+                                  ("autoscaling/v2", "HorizontalPodAutoscaler"), ("policy/v1", "PodDisruptionBudget")):
+            _children.prune(body, api_version, kind, meta.namespace, selector, keep)
+
+        new = _status_from(decision, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions))
+        _status.write(patch, status, new)
+        failed_run = decision.analysis_run is not None and decision.analysis_run.verdict == "Fail"
+        if decision.action not in QUIET_ACTIONS or failed_run:
+            warning = decision.action is rollout.Action.ROLL_BACK or failed_run
+            (kopf.warn if warning else kopf.info)(body, reason=decision.reason, message=decision.message)
+
+
+def _status_from(decision: rollout.Decision, md: ModelDeploymentSpec, meta: Meta, old: dict[str, Any],
+                 stable: ModelVersion | None, ready_replicas: int, desired_replicas: int,
+                 has_model: bool) -> dict[str, Any]:
+    traffic = [t.model_dump(mode="json", by_alias=True) for t in decision.traffic]
+    history = list(old.get("history") or [])
+    if decision.history_entry is not None:
+        history = [*history, decision.history_entry.model_dump(mode="json", by_alias=True)][-HISTORY_LIMIT:]
+    generation = meta.generation
+    conditions = list(old.get("conditions") or [])
+    serving_ok = decision.stable_version is not None and ready_replicas > 0
+    if not has_model and decision.stable_version is None:
+        reason, message = cond.NO_MODEL, (f"waiting for a TrainingJob of model {md.model.name} that passes its gates"
+                                          if md.model.track else "the pinned model is not available")
+    else:
+        waiting_for = decision.stable_version or decision.candidate_version
+        reason, message = (cond.RECONCILED, f"serving {decision.stable_version}") if serving_ok else (
+            cond.WAITING_FOR_REPLICAS, f"waiting for replicas of {waiting_for}")
+    conditions = cond.set_condition(conditions, cond.READY, serving_ok, reason, message, generation)
+    progressing = decision.rollout is not None
+    conditions = cond.set_condition(conditions, cond.PROGRESSING, progressing, decision.reason,
+                                    decision.message, generation)
+    degraded = decision.action is rollout.Action.ROLL_BACK or (
+        cond.is_true(conditions, cond.DEGRADED) and decision.action in QUIET_ACTIONS and not progressing)
+    conditions = cond.set_condition(conditions, cond.DEGRADED, degraded,
+                                    decision.reason if degraded else "Healthy",
+                                    decision.message if degraded else "", generation)
+    phase = "Progressing" if progressing else ("Available" if serving_ok else (
+        "Degraded" if degraded else "Pending"))
+    return {
+        "observedGeneration": generation,
+        "phase": phase,
+        "conditions": conditions,
+        "stableVersion": decision.stable_version,
+        "candidateVersion": decision.candidate_version,
+        "traffic": traffic,
+        "trafficSummary": rollout.traffic_summary(decision.traffic),
+        "rollout": decision.rollout.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if decision.rollout else None,
+        "history": history,
+        "endpoint": builders.endpoint(meta),
+        "readyReplicas": ready_replicas,
+        "desiredReplicas": desired_replicas,
+        "trainingJob": stable.training_job if stable else old.get("trainingJob"),
+        "modelUri": stable.uri if stable else old.get("modelUri"),
+    }
+

@@ -1,0 +1,107 @@
+"""TrainingJob handlers: start the workload (RayJob or batch Job), then follow it and the trainer's report."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from .. import conditions as cond
+from .. import diagnose, kube
+from ..api.common import API_VERSION, GROUP, VERSION
+from ..api.mlproject import MLProjectSpec
+from ..api.trainingjob import TrainingJobSpec
+from ..metrics import reconciling
+from ..resources import training as builders
+from ..resources.common import Meta
+from . import _children, _status
+from .mlproject import runtime_image
+
+PLURAL = "trainingjobs"
+
+
+def _kuberay_installed() -> bool:
+    return kube.resource_served("ray.io/v1", "rayjobs")
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: Any,
+                      **_: Any) -> None:
+    with reconciling("TrainingJob"):
+        job = _status.parse_spec(TrainingJobSpec, spec, body, patch, status)
+        meta = Meta.of(body)
+        old = dict(status or {})
+        if old.get("phase") in diagnose.TERMINAL:
+            return
+        project = kube.get(API_VERSION, "MLProject", meta.namespace, job.project)
+        if project is None:
+            message = f"MLProject {job.project} does not exist in namespace {meta.namespace}; waiting for it"
+            conditions = cond.set_condition(list(old.get("conditions", [])), cond.PROGRESSING, False,
+                                            cond.PROJECT_NOT_FOUND, message, meta.generation)
+            if _status.write(patch, status, {"phase": "Pending", "conditions": conditions,
+                                             "observedGeneration": meta.generation}):
+                kopf.warn(body, reason=cond.PROJECT_NOT_FOUND, message=message)
+            raise kopf.TemporaryError(message, delay=15)
+        project_spec = MLProjectSpec.model_validate(project["spec"])
+        champion = (project.get("status") or {}).get("champion")
+        image = job.image or runtime_image(project_spec, memo)
+        config = builders.training_config(job, meta, project_spec, champion)
+        kind = "RayJob" if _kuberay_installed() else "Job"
+        build = builders.ray_job if kind == "RayJob" else builders.batch_job
+        workload = build(job, meta, project_spec, image)
+        _children.apply_owned(body, [builders.config_map(job, meta, config), workload])
+        now = cond.now().isoformat().replace("+00:00", "Z")
+        conditions = cond.set_condition(
+            list(old.get("conditions", [])), cond.PROGRESSING, True, cond.WORKLOAD_CREATED,
+            f"{kind} {workload['metadata']['name']} runs `python -m mlcycle_runtime.train`", meta.generation)
+        new = {
+            "observedGeneration": meta.generation,
+            "phase": old.get("phase") or "Pending",
+            "workload": {"kind": kind, "name": workload["metadata"]["name"]},
+            "startTime": old.get("startTime") or now,
+            "conditions": conditions,
+            "lineage": {**(old.get("lineage") or {}), "image": image, "startTime": old.get("startTime") or now},
+        }
+        _status.write(patch, status, new)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=2,
+            when=lambda status, **_: (status or {}).get("phase") not in diagnose.TERMINAL)
+def trainingjob_observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    """Level-based: the workload's pods and the trainer's status.result decide the phase."""
+    _observe(body, status, patch)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="status.result")
+def trainingjob_result(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+    """React to the trainer's report at once instead of waiting for the next timer tick."""
+    _observe(body, status, patch)
+
+
+def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
+    old = dict(status or {})
+    workload = old.get("workload")
+    if not workload or old.get("phase") in diagnose.TERMINAL:
+        return
+    with reconciling("TrainingJob"):
+        meta = Meta.of(body)
+        api_version = "ray.io/v1" if workload["kind"] == "RayJob" else "batch/v1"
+        job = kube.get(api_version, workload["kind"], meta.namespace, workload["name"])
+        selector = (f"ray.io/cluster={workload['name']}" if workload["kind"] == "RayJob"
+                    else f"job-name={workload['name']}")
+        pods = kube.list_objects("v1", "Pod", meta.namespace, selector)
+        now = cond.now().isoformat().replace("+00:00", "Z")
+        observed = diagnose.observe_training(old, job, pods, meta.generation, now)
+        if not observed.status:
+            return
+        if old.get("phase") != observed.status["phase"]:
+            observed.events.insert(0, ("Normal", "PhaseChanged",
+                                       f"{old.get('phase') or 'Pending'} -> {observed.status['phase']}"))
+        lineage = {**(old.get("lineage") or {}), **(observed.status.get("lineage") or {})}
+        if observed.status["phase"] in diagnose.TERMINAL:
+            lineage["endTime"] = now
+        observed.status["lineage"] = lineage
+        _status.write(patch, status, observed.status)
+        for type_, reason, message in observed.events:
+            (kopf.info if type_ == "Normal" else kopf.warn)(body, reason=reason, message=message)

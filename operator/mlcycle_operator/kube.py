@@ -1,0 +1,154 @@
+"""The only module that talks to the API server (besides Kopf itself): get, list, apply, delete, status.
+
+Manifests are plain dicts from the pure builders in resources/. Applying compares desired with existing
+(resources.compare) and writes only when something we own differs, with server-side apply so fields
+that others set (HPA-managed replicas, defaults) are left alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from .resources.compare import Action, action_for
+
+log = logging.getLogger(__name__)
+FIELD_MANAGER = "mlcycle-operator"
+
+# kind -> plural, for every kind the operator reads or writes.
+PLURALS = {
+    "ConfigMap": "configmaps", "Service": "services", "ServiceAccount": "serviceaccounts",
+    "PersistentVolumeClaim": "persistentvolumeclaims", "Pod": "pods", "Event": "events",
+    "Role": "roles", "RoleBinding": "rolebindings",
+    "Deployment": "deployments", "Job": "jobs", "CronJob": "cronjobs",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
+    "RayJob": "rayjobs", "ServiceMonitor": "servicemonitors", "PrometheusRule": "prometheusrules",
+    "MLProject": "mlprojects", "TrainingJob": "trainingjobs", "ModelDeployment": "modeldeployments",
+    "DriftMonitor": "driftmonitors",
+}
+
+_lock = threading.Lock()
+_client: client.ApiClient | None = None
+_discovery: dict[str, tuple[float, bool]] = {}
+DISCOVERY_TTL = 60.0
+
+
+def api_client() -> client.ApiClient:
+    """One shared client: in-cluster config inside a pod, else $KUBECONFIG."""
+    global _client
+    with _lock:
+        if _client is None:
+            try:
+                config.load_incluster_config()
+                _client = client.ApiClient()
+            except config.ConfigException:
+                _client = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+        return _client
+
+
+def path(api_version: str, kind: str, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+    base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+    parts = [base]
+    if namespace:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(PLURALS[kind])
+    if name:
+        parts.append(name)
+    if sub:
+        parts.append(sub)
+    return "/".join(parts)
+
+
+def _call(method: str, url: str, body: Any = None, query: list[tuple[str, Any]] | None = None,
+          content_type: str = "application/json") -> Any:
+    """One request; JSON in and out; ApiException for any status outside 2xx."""
+    api = api_client()
+    method, full_url, headers, body, post = api.param_serialize(
+        method, url, query_params=query or [], body=body,
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, full_url, headers, body, post, _request_timeout=(10, 60))
+    data = response.read()
+    if not 200 <= response.status <= 299:
+        raise ApiException(http_resp=response)
+    return json.loads(data) if data else None
+
+
+def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    try:
+        return _call("GET", path(api_version, kind, namespace, name))
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def list_objects(api_version: str, kind: str, namespace: str | None,
+                 label_selector: str | None = None) -> list[dict[str, Any]]:
+    query = [("labelSelector", label_selector)] if label_selector else []
+    return _call("GET", path(api_version, kind, namespace), query=query).get("items", [])
+
+
+def apply(manifest: dict[str, Any]) -> Action:
+    """Create or update one object; returns what was done."""
+    meta = manifest["metadata"]
+    existing = get(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+    action = action_for(manifest, existing)
+    if action is Action.CREATE:
+        try:
+            _call("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), body=manifest)
+        except ApiException as err:
+            if err.status != 409:  # created meanwhile (another replica, a retry): fall through to apply
+                raise
+            action = Action.UPDATE
+    if action is Action.UPDATE:
+        _call("PATCH", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]),
+              body=manifest, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+              content_type="application/apply-patch+yaml")
+    return action
+
+
+def create(manifest: dict[str, Any]) -> dict[str, Any]:
+    meta = manifest["metadata"]
+    return _call("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), body=manifest)
+
+
+def delete(api_version: str, kind: str, namespace: str | None, name: str) -> bool:
+    """Delete in the background (dependents go with it); False when it was already gone."""
+    try:
+        _call("DELETE", path(api_version, kind, namespace, name), body={"propagationPolicy": "Background"})
+        return True
+    except ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+
+
+def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
+    _call("PATCH", path(api_version, kind, namespace, name, "status"), body={"status": status},
+          content_type="application/merge-patch+json")
+
+
+def resource_served(group_version: str, plural: str) -> bool:
+    """Whether the API server serves a resource now (optional CRDs: RayJob, ServiceMonitor, PrometheusRule)."""
+    key = f"{group_version}/{plural}"
+    cached = _discovery.get(key)
+    if cached and time.monotonic() - cached[0] < DISCOVERY_TTL:
+        return cached[1]
+    try:
+        resources = _call("GET", f"/apis/{group_version}").get("resources", [])
+        served = any(r.get("name") == plural for r in resources)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+        served = False
+    _discovery[key] = (time.monotonic(), served)
+    return served

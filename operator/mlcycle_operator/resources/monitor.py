@@ -1,0 +1,183 @@
+"""Children of a DriftMonitor: the monitor workload, its Service and HPA, and its alert rules; and the
+TrainingJob it starts on drift."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ..api.driftmonitor import DriftMonitorSpec
+from ..api.mlproject import MLProjectSpec
+from . import common, project, serving
+from .common import Meta
+
+KIND = "DriftMonitor"
+PORT = 8080
+LABEL_RETRAIN_OF = "mlcycle.io/retrained-by"
+
+
+def monitor_name(monitor: str) -> str:
+    return common.child_name(monitor, "drift")
+
+
+def _labels(spec: DriftMonitorSpec, meta: Meta, project_name: str) -> dict[str, str]:
+    return common.labels(KIND, meta.name, "drift-monitor", project=project_name)
+
+
+def monitor_config(spec: DriftMonitorSpec, meta: Meta, deployment_status: dict[str, Any],
+                   prometheus_url: str | None, reference_uri: str | None) -> dict[str, Any]:
+    """What the monitor workload reads (runtime contract)."""
+    return {
+        "kind": KIND,
+        "name": meta.name,
+        "namespace": meta.namespace,
+        "deployment": spec.deployment,
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "version": deployment_status.get("stableVersion"),
+        "referenceUri": reference_uri,
+        "prometheusUrl": prometheus_url,
+        "routerMetrics": f"http://{serving.router_name(spec.deployment)}.{meta.namespace}.svc:{serving.ROUTER_PORT}"
+                         "/metrics",
+        "port": PORT,
+        "report": {"statusField": "report"},
+    }
+
+
+def config_map(spec: DriftMonitorSpec, meta: Meta, project_name: str, config: dict[str, Any]) -> dict[str, Any]:
+    return common.config_map(monitor_name(meta.name), meta.namespace, _labels(spec, meta, project_name),
+                             {common.CONFIG_FILE: common.config_json(config)})
+
+
+def deployment(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_spec: MLProjectSpec, image: str,
+               config_hash: str) -> dict[str, Any]:
+    name = monitor_name(meta.name)
+    lbls = _labels(spec, meta, project_name)
+    volume, mount = common.config_volume(name)
+    tmp_volume, tmp_mount = common.scratch_volume()
+    volumes, mounts = project._with_pvc(project_spec, [volume, tmp_volume], [mount, tmp_mount])
+    container = {
+        "name": "drift-monitor",
+        "image": image,
+        "imagePullPolicy": project_spec.defaults.image_pull_policy,
+        "command": common.runtime_command("drift"),
+        "ports": [{"name": "http", "containerPort": PORT}],
+        "env": common.downward_env(),
+        "resources": common.resource_requirements(spec.resources),
+        "securityContext": common.restricted_container_security(),
+        "readinessProbe": {"httpGet": {"path": "/readyz", "port": PORT}, "periodSeconds": 10},
+        "livenessProbe": {"httpGet": {"path": "/livez", "port": PORT}, "periodSeconds": 20,
+                          "initialDelaySeconds": 10},
+        "volumeMounts": mounts,
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": meta.namespace, "labels": lbls},
+        "spec": {
+            "replicas": spec.autoscaling.min_replicas,
+            "selector": {"matchLabels": common.selector_labels(meta.name, "drift-monitor")},
+            "template": {
+                "metadata": {"labels": lbls, "annotations": {
+                    common.ANNOTATION_CONFIG_HASH: config_hash,
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
+                    "prometheus.io/path": "/metrics"}},
+                "spec": {
+                    "serviceAccountName": project.workload_service_account_name(project_name),
+                    "securityContext": common.pod_security(),
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def service(spec: DriftMonitorSpec, meta: Meta, project_name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": monitor_name(meta.name), "namespace": meta.namespace,
+                     "labels": _labels(spec, meta, project_name)},
+        "spec": {"selector": common.selector_labels(meta.name, "drift-monitor"),
+                 "ports": [{"name": "http", "port": PORT, "targetPort": "http"}]},
+    }
+
+
+def hpa(spec: DriftMonitorSpec, meta: Meta, project_name: str) -> dict[str, Any] | None:
+    if spec.autoscaling.max_replicas <= spec.autoscaling.min_replicas:
+        return None
+    name = monitor_name(meta.name)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": meta.namespace, "labels": _labels(spec, meta, project_name)},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": spec.autoscaling.min_replicas,
+            "maxReplicas": spec.autoscaling.max_replicas,
+            "metrics": [{"type": "Resource", "resource": {
+                "name": "cpu", "target": {"type": "Utilization", "averageUtilization": 75}}}],
+        },
+    }
+
+
+def prometheus_rule(spec: DriftMonitorSpec, meta: Meta, project_name: str) -> dict[str, Any] | None:
+    if not spec.alerting.enabled:
+        return None
+    selector = f'monitor="{meta.name}",namespace="{meta.namespace}"'
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": monitor_name(meta.name), "namespace": meta.namespace,
+                     "labels": _labels(spec, meta, project_name)},
+        "spec": {"groups": [{
+            "name": f"mlcycle-drift-{meta.name}",
+            "rules": [{
+                "alert": "MlcycleFeatureDrift",
+                "expr": f"max by (feature) (mlcycle_drift_detected{{{selector}}}) > 0",
+                "for": spec.alerting.for_,
+                "labels": {"severity": spec.alerting.severity},
+                "annotations": {
+                    "summary": f"Drift on {{{{ $labels.feature }}}} for ModelDeployment {spec.deployment}",
+                    "description": f"DriftMonitor {meta.namespace}/{meta.name} reports drift; see its status.",
+                },
+            }],
+        }]},
+    }
+
+
+def children(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_spec: MLProjectSpec, image: str,
+             config: dict[str, Any], with_prometheus_rule: bool) -> list[dict[str, Any]]:
+    cm = config_map(spec, meta, project_name, config)
+    config_hash = common.content_hash(cm["data"][common.CONFIG_FILE])
+    built = [cm, deployment(spec, meta, project_name, project_spec, image, config_hash),
+             service(spec, meta, project_name), hpa(spec, meta, project_name),
+             prometheus_rule(spec, meta, project_name) if with_prometheus_rule else None]
+    return [b for b in built if b is not None]
+
+
+def retraining_job(spec: DriftMonitorSpec, meta: Meta, source: dict[str, Any] | None, name: str,
+                   reason: str) -> dict[str, Any]:
+    """The TrainingJob started on drift: the template, or a clone of the in-service model's job (fresh data
+    because the entity source is read again at run time)."""
+    if spec.actions.retrain and spec.actions.retrain.template:
+        job_spec = copy.deepcopy(spec.actions.retrain.template)
+        source_labels: dict[str, str] = {}
+    elif source is not None:
+        job_spec = copy.deepcopy(source["spec"])
+        source_labels = {k: v for k, v in (source["metadata"].get("labels") or {}).items()
+                         if not k.startswith(("app.kubernetes.io/", LABEL_RETRAIN_OF))}
+    else:
+        raise ValueError("no retraining template and no TrainingJob lineage to clone")
+    return {
+        "apiVersion": "mlcycle.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": name,
+            "namespace": meta.namespace,
+            # Keeps the model-tracking labels, so the ModelDeployment that tracks them picks the result up.
+            "labels": {**source_labels, LABEL_RETRAIN_OF: meta.name},
+            "annotations": {"mlcycle.io/retrain-reason": reason[:1000]},
+        },
+        "spec": job_spec,
+    }

@@ -1,0 +1,291 @@
+"""Children of a ModelDeployment: per model version a Deployment, Service, HPA and PDB; one router in front."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.mlproject import MLProjectSpec
+from ..api.modeldeployment import ModelDeploymentSpec, VersionTraffic
+from . import common, project
+from .common import Meta
+
+KIND = "ModelDeployment"
+SERVER_PORT = 3000
+ROUTER_PORT = 8080
+STICKY_HEADER = "x-mlcycle-variant"
+
+
+def version_name(deployment: str, version: str) -> str:
+    return common.child_name(deployment, "v", version)
+
+
+def router_name(deployment: str) -> str:
+    return common.child_name(deployment, "router")
+
+
+def version_url(deployment: str, namespace: str, version: str) -> str:
+    return f"http://{version_name(deployment, version)}.{namespace}.svc:{SERVER_PORT}"
+
+
+def _version_labels(spec: ModelDeploymentSpec, meta: Meta, version: str) -> dict[str, str]:
+    return common.labels(KIND, meta.name, "model-server", project=spec.project,
+                         **{common.LABEL_VERSION: common.child_name(version)})
+
+
+def _version_selector(meta: Meta, version: str) -> dict[str, str]:
+    return common.selector_labels(meta.name, "model-server", **{common.LABEL_VERSION: common.child_name(version)})
+
+
+def server_config(spec: ModelDeploymentSpec, meta: Meta, version: str, model_uri: str) -> dict[str, Any]:
+    """What the model server of one version reads (runtime contract)."""
+    serving = spec.serving
+    return {
+        "kind": KIND,
+        "name": meta.name,
+        "namespace": meta.namespace,
+        "model": {"name": spec.model.name, "version": version, "uri": model_uri},
+        "port": SERVER_PORT,
+        "batching": serving.batching.model_dump(mode="json", by_alias=True),
+        "onlineFeatures": (serving.online_features.model_dump(mode="json", by_alias=True)
+                           if serving.online_features else None),
+        "featureStore": {"repoPath": "/etc/feast"} if serving.online_features else None,
+    }
+
+
+def server_config_map(spec: ModelDeploymentSpec, meta: Meta, version: str, model_uri: str) -> dict[str, Any]:
+    return common.config_map(
+        version_name(meta.name, version), meta.namespace, _version_labels(spec, meta, version),
+        {common.CONFIG_FILE: common.config_json(server_config(spec, meta, version, model_uri))},
+    )
+
+
+def _probe(path: str, port: int, period: int = 5) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": port}, "periodSeconds": period, "timeoutSeconds": 2,
+            "failureThreshold": 3}
+
+
+def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, model_uri: str,
+                           project_spec: MLProjectSpec, image: str, config_hash: str) -> dict[str, Any]:
+    """The Deployment that serves one model version of a ModelDeployment."""
+    serving = spec.serving
+    name = version_name(meta.name, version)
+    volume, mount = common.config_volume(name)
+    tmp_volume, tmp_mount = common.scratch_volume()
+    volumes, mounts = [volume, tmp_volume], [mount, tmp_mount]
+    if serving.online_features and project_spec.feature_store:
+        volumes.append({"name": "feature-store",
+                        "configMap": {"name": project.feature_store_config_map_name(spec.project)}})
+        mounts.append({"name": "feature-store", "mountPath": "/etc/feast", "readOnly": True})
+    volumes, mounts = project._with_pvc(project_spec, volumes, mounts)
+    lbls = _version_labels(spec, meta, version)
+    container = {
+        "name": "model-server",
+        "image": image,
+        "imagePullPolicy": project_spec.defaults.image_pull_policy,
+        "command": common.runtime_command("serve"),
+        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
+        "env": [*common.downward_env(), {"name": "BENTOML_HOME", "value": "/tmp/bentoml"}],
+        "resources": common.resource_requirements(serving.resources),
+        "securityContext": common.restricted_container_security(),
+        "readinessProbe": _probe("/readyz", SERVER_PORT),
+        "livenessProbe": {**_probe("/livez", SERVER_PORT, 10), "initialDelaySeconds": 10},
+        "volumeMounts": mounts,
+    }
+    replicas = serving.autoscaling.min_replicas if serving.autoscaling.enabled else serving.replicas
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": meta.namespace, "labels": lbls},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": _version_selector(meta, version)},
+            # Never drop below the current capacity while a version rolls its own pods.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {
+                    "labels": lbls,
+                    "annotations": {
+                        common.ANNOTATION_CONFIG_HASH: config_hash,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(SERVER_PORT),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": project.workload_service_account_name(spec.project),
+                    "securityContext": common.pod_security(),
+                    "containers": [container],
+                    "volumes": volumes,
+                    **common.gpu_scheduling(serving.resources),
+                },
+            },
+        },
+    }
+
+
+def service_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": version_name(meta.name, version), "namespace": meta.namespace,
+                     "labels": _version_labels(spec, meta, version)},
+        "spec": {
+            "selector": _version_selector(meta, version),
+            "ports": [{"name": "http", "port": SERVER_PORT, "targetPort": "http"}],
+        },
+    }
+
+
+def hpa_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str) -> dict[str, Any] | None:
+    scaling = spec.serving.autoscaling
+    if not scaling.enabled:
+        return None
+    metrics = []
+    if scaling.target_cpu_utilization:
+        metrics.append({"type": "Resource", "resource": {
+            "name": "cpu", "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu_utilization}}})
+    if scaling.target_requests_per_second:
+        metrics.append({"type": "Pods", "pods": {
+            "metric": {"name": "mlcycle_requests_per_second"},
+            "target": {"type": "AverageValue", "averageValue": str(scaling.target_requests_per_second)}}})
+    name = version_name(meta.name, version)
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": meta.namespace, "labels": _version_labels(spec, meta, version)},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": scaling.min_replicas,
+            "maxReplicas": scaling.max_replicas,
+            "metrics": metrics,
+        },
+    }
+
+
+def pdb_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str) -> dict[str, Any] | None:
+    """Keep at least one replica through voluntary disruptions, when there is more than one."""
+    replicas = spec.serving.autoscaling.min_replicas if spec.serving.autoscaling.enabled else spec.serving.replicas
+    if replicas < 2:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": version_name(meta.name, version), "namespace": meta.namespace,
+                     "labels": _version_labels(spec, meta, version)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": _version_selector(meta, version)}},
+    }
+
+
+def router_config(spec: ModelDeploymentSpec, meta: Meta, traffic: list[VersionTraffic],
+                  reference_uri: str | None) -> dict[str, Any]:
+    """The router's routing table; it also watches its ModelDeployment and applies changes live."""
+    return {
+        "kind": KIND,
+        "name": meta.name,
+        "namespace": meta.namespace,
+        "port": ROUTER_PORT,
+        "stickyHeader": STICKY_HEADER,
+        "routes": [
+            {"version": t.version, "weight": t.weight, "role": t.role, "shadowPercent": t.shadow_percent,
+             "url": version_url(meta.name, meta.namespace, t.version)}
+            for t in traffic
+        ],
+        # Bin edges of the reference data, so request features are histogrammed for drift.
+        "referenceUri": reference_uri,
+    }
+
+
+def router_config_map(spec: ModelDeploymentSpec, meta: Meta, traffic: list[VersionTraffic],
+                      reference_uri: str | None) -> dict[str, Any]:
+    return common.config_map(
+        router_name(meta.name), meta.namespace, common.labels(KIND, meta.name, "router", project=spec.project),
+        {common.CONFIG_FILE: common.config_json(router_config(spec, meta, traffic, reference_uri))},
+    )
+
+
+def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLProjectSpec, image: str,
+                      replicas: int = 2) -> dict[str, Any]:
+    """The stable endpoint: applies weights, mirrors shadow traffic, exports per-version metrics."""
+    name = router_name(meta.name)
+    lbls = common.labels(KIND, meta.name, "router", project=spec.project)
+    volume, mount = common.config_volume(name)
+    tmp_volume, tmp_mount = common.scratch_volume()
+    container = {
+        "name": "router",
+        "image": image,
+        "imagePullPolicy": project_spec.defaults.image_pull_policy,
+        "command": common.runtime_command("router"),
+        "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+        "env": common.downward_env(),
+        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        "securityContext": common.restricted_container_security(),
+        "readinessProbe": _probe("/readyz", ROUTER_PORT),
+        "livenessProbe": {**_probe("/livez", ROUTER_PORT, 10), "initialDelaySeconds": 5},
+        "volumeMounts": [mount, tmp_mount],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": meta.namespace, "labels": lbls},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": common.selector_labels(meta.name, "router")},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+            "template": {
+                "metadata": {"labels": lbls, "annotations": {
+                    "prometheus.io/scrape": "true", "prometheus.io/port": str(ROUTER_PORT),
+                    "prometheus.io/path": "/metrics"}},
+                "spec": {
+                    "serviceAccountName": project.workload_service_account_name(spec.project),
+                    "securityContext": common.pod_security(),
+                    "containers": [container],
+                    "volumes": [volume, tmp_volume],
+                },
+            },
+        },
+    }
+
+
+def router_service(spec: ModelDeploymentSpec, meta: Meta) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": meta.name, "namespace": meta.namespace,
+                     "labels": common.labels(KIND, meta.name, "router", project=spec.project)},
+        "spec": {
+            "selector": common.selector_labels(meta.name, "router"),
+            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+        },
+    }
+
+
+def endpoint(meta: Meta) -> str:
+    return f"http://{meta.name}.{meta.namespace}.svc"
+
+
+def service_monitor(spec: ModelDeploymentSpec, meta: Meta) -> dict[str, Any]:
+    """For clusters running the Prometheus Operator: scrape router and servers through their Services."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": meta.name, "namespace": meta.namespace,
+                     "labels": common.labels(KIND, meta.name, "monitoring", project=spec.project)},
+        "spec": {
+            "selector": {"matchLabels": {common.LABEL_INSTANCE: meta.name, common.LABEL_OWNER_KIND: "modeldeployment"}},
+            "endpoints": [{"port": "http", "path": "/metrics", "interval": "15s"}],
+        },
+    }
+
+
+def children_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, model_uri: str,
+                         project_spec: MLProjectSpec, image: str) -> list[dict[str, Any]]:
+    config = server_config_map(spec, meta, version, model_uri)
+    config_hash = common.content_hash(config["data"][common.CONFIG_FILE])
+    built = [
+        config,
+        deployment_for_version(spec, meta, version, model_uri, project_spec, image, config_hash),
+        service_for_version(spec, meta, version),
+        hpa_for_version(spec, meta, version),
+        pdb_for_version(spec, meta, version),
+    ]
+    return [b for b in built if b is not None]

@@ -1,0 +1,163 @@
+"""Children of a TrainingJob: its runtime config and the workload that runs it (RayJob or batch Job)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..api.common import Resources
+from ..api.mlproject import MLProjectSpec
+from ..api.trainingjob import TrainingJobSpec
+from ..units import parse_duration
+from . import common, project
+from .common import Meta
+
+KIND = "TrainingJob"
+COMPONENT = "training"
+
+
+def config_map_name(job: str) -> str:
+    return common.child_name(job, "train-config")
+
+
+def workload_name(job: str) -> str:
+    return common.child_name(job, "train")
+
+
+def training_config(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec,
+                    champion: dict[str, Any] | None) -> dict[str, Any]:
+    """The JSON the trainer reads (runtime contract): the job spec plus what the operator resolved."""
+    tuning = spec.tuning
+    objective = project_spec.objective.metric
+    return {
+        "kind": KIND,
+        "name": meta.name,
+        "namespace": meta.namespace,
+        "project": spec.project,
+        "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "objective": objective.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "metric": (tuning.metric if tuning and tuning.metric else objective.name),
+        "mode": (tuning.mode if tuning and tuning.mode else ("max" if objective.direction == "maximize" else "min")),
+        "storage": {"uri": project_spec.storage.uri, "modelPath": f"{spec.project}/models/{spec.output.model_name}"},
+        "featureStore": ({"repoPath": "/etc/feast"} if project_spec.feature_store else None),
+        "champion": champion,
+        "report": {"statusField": "result"},
+    }
+
+
+def config_map(spec: TrainingJobSpec, meta: Meta, config: dict[str, Any]) -> dict[str, Any]:
+    return common.config_map(
+        config_map_name(meta.name), meta.namespace,
+        common.labels(KIND, meta.name, COMPONENT, project=spec.project),
+        {common.CONFIG_FILE: common.config_json(config)},
+    )
+
+
+def _worker_resources(spec: TrainingJobSpec) -> Resources:
+    dist = spec.distribution
+    # One pod runs every worker when there is no KubeRay: it needs their sum.
+    return Resources(
+        cpu=str(dist.cpu_per_worker),
+        memory=dist.memory_per_worker,
+        gpu=dist.gpu_per_worker,
+    )
+
+
+def _pod_spec(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str,
+              resources: Resources, *, restart: str) -> dict[str, Any]:
+    volume, mount = common.config_volume(config_map_name(meta.name))
+    tmp_volume, tmp_mount = common.scratch_volume()
+    volumes, mounts = [volume, tmp_volume], [mount, tmp_mount]
+    if project_spec.feature_store is not None:
+        volumes.append({"name": "feature-store",
+                        "configMap": {"name": project.feature_store_config_map_name(spec.project)}})
+        mounts.append({"name": "feature-store", "mountPath": "/etc/feast", "readOnly": True})
+    volumes, mounts = project._with_pvc(project_spec, volumes, mounts)
+    container = {
+        "name": "trainer",
+        "image": image,
+        "imagePullPolicy": project_spec.defaults.image_pull_policy,
+        "command": common.runtime_command("train"),
+        "env": [*common.downward_env(),
+                # Ray keeps its session files under /tmp; the root filesystem is read-only.
+                {"name": "RAY_TMPDIR", "value": "/tmp/ray"}],
+        "resources": common.resource_requirements(resources),
+        "securityContext": common.restricted_container_security(),
+        "volumeMounts": mounts,
+    }
+    return {
+        "restartPolicy": restart,
+        "serviceAccountName": project.workload_service_account_name(spec.project),
+        "securityContext": common.pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        **common.gpu_scheduling(resources),
+    }
+
+
+def batch_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str) -> dict[str, Any]:
+    """Without KubeRay: one pod that starts a local Ray and runs every worker in it."""
+    dist = spec.distribution
+    resources = Resources(
+        cpu=str(dist.cpu_per_worker * dist.workers),
+        memory=dist.memory_per_worker if dist.workers == 1 else _times(dist.memory_per_worker, dist.workers),
+        gpu=dist.gpu_per_worker * dist.workers,
+    )
+    lbls = common.labels(KIND, meta.name, COMPONENT, project=spec.project)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": workload_name(meta.name), "namespace": meta.namespace, "labels": lbls},
+        "spec": {
+            "backoffLimit": spec.backoff_limit,
+            "activeDeadlineSeconds": int(parse_duration(spec.active_deadline)),
+            "ttlSecondsAfterFinished": 7 * 24 * 3600,
+            "template": {
+                "metadata": {"labels": lbls},
+                "spec": _pod_spec(spec, meta, project_spec, image, resources, restart="Never"),
+            },
+        },
+    }
+
+
+def ray_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str) -> dict[str, Any]:
+    """With KubeRay: a RayJob whose cluster has one head and `workers - 1` worker pods."""
+    lbls = common.labels(KIND, meta.name, COMPONENT, project=spec.project)
+    head = _pod_spec(spec, meta, project_spec, image, _worker_resources(spec), restart="Never")
+    head["containers"][0]["name"] = "ray-head"
+    head["containers"][0].pop("command")
+    worker = _pod_spec(spec, meta, project_spec, image, _worker_resources(spec), restart="Never")
+    worker["containers"][0]["name"] = "ray-worker"
+    worker["containers"][0].pop("command")
+    worker_groups = []
+    if spec.distribution.workers > 1:
+        replicas = spec.distribution.workers - 1
+        worker_groups.append({
+            "groupName": "workers", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
+            "rayStartParams": {}, "template": {"metadata": {"labels": lbls}, "spec": worker},
+        })
+    return {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": {"name": workload_name(meta.name), "namespace": meta.namespace, "labels": lbls},
+        "spec": {
+            "entrypoint": " ".join(common.runtime_command("train")),
+            "shutdownAfterJobFinishes": True,
+            "ttlSecondsAfterFinished": 3600,
+            "activeDeadlineSeconds": int(parse_duration(spec.active_deadline)),
+            "backoffLimit": spec.backoff_limit,
+            "rayClusterSpec": {
+                "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0"},
+                                  "template": {"metadata": {"labels": lbls}, "spec": head}},
+                "workerGroupSpecs": worker_groups,
+            },
+        },
+    }
+
+
+def _times(quantity: int | str, factor: int) -> str:
+    """Multiply a memory quantity such as 2Gi by a whole number, keeping its unit."""
+    text = str(quantity)
+    digits = len(text) - len(text.lstrip("0123456789."))
+    number, unit = text[:digits], text[digits:]
+    value = float(number) * factor
+    return f"{int(value) if value.is_integer() else value}{unit}"

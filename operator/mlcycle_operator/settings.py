@@ -1,0 +1,47 @@
+"""Kopf settings, in one startup hook, each with the reason it is not the default."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from .config import Config
+
+PREFIX = "mlcycle.io"
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG as it is when the operator starts (the client
+    library would read it once at import time)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
+    config = Config.from_env()
+    memo.config = config
+    # Handler progress lives in annotations under our own prefix: status is ours and schema-pruned, so
+    # Kopf's default status.kopf field would be dropped by the API server.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    # Events at INFO and above: transitions are what users read with `kubectl describe`.
+    settings.posting.level = logging.INFO
+    # Long server-side watch timeouts cost nothing; a client timeout just above catches dead connections
+    # (a load balancer dropping idle streams) instead of hanging forever.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    # Handlers are synchronous (the kubernetes client); they run in this many threads at once.
+    settings.execution.max_workers = 16
+    # Two replicas coordinate through Kopf peering when its CRDs exist; one replica does not need them.
+    settings.peering.name = config.peering
+    settings.peering.mandatory = False
+    settings.peering.clusterwide = not config.watch_namespaces
+    logger.info("mlcycle operator configured: prometheus=%s namespaces=%s runtime image=%s",
+                config.prometheus_url or "(none: analysis is inconclusive)",
+                ",".join(config.watch_namespaces) or "(all)", config.runtime_image)

@@ -1,0 +1,297 @@
+"""The operator against the real control plane: the churn example's four resources reconcile into their
+children (with owner references), status explains itself, drift starts exactly one retraining, and deleting
+an owner lets the garbage collector remove its children.
+
+The trainer and the drift monitor are not running here (their pods are KWOK's); where the operator needs
+their reports, the test writes them through the status subresource exactly as the runtime contract says
+the workloads do (`status.result`, `status.report`)."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = {m["kind"]: m for m in (yaml.safe_load(p.read_text())
+                                   for p in sorted((ROOT / "examples/churn/manifests").glob("*.yaml")))}
+GROUP, VERSION = "mlcycle.io", "v1alpha1"
+PLURALS = {"MLProject": "mlprojects", "TrainingJob": "trainingjobs",
+           "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors"}
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+class Mlcycle:
+    """Small helpers over the real API for one namespace."""
+
+    def __init__(self, api_client, namespace: str):
+        self.objects = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+        self.namespace = namespace
+
+    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        return self.objects.create_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                            PLURALS[manifest["kind"]], manifest)
+
+    def get(self, kind: str, name: str) -> dict[str, Any]:
+        return self.objects.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURALS[kind], name)
+
+    def status(self, kind: str, name: str) -> dict[str, Any]:
+        return self.get(kind, name).get("status") or {}
+
+    def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
+        return self.objects.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURALS[kind],
+                                                          label_selector=selector)["items"]
+
+    def report(self, kind: str, name: str, field: str, value: dict[str, Any]) -> None:
+        """What a workload does: patch its own resource's status subresource."""
+        self.objects.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURALS[kind], name,
+                                                           {"status": {field: value}})
+
+    def events(self, name: str) -> list[str]:
+        return [f"{e.reason}: {e.message}" for e in self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}").items]
+
+
+def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
+
+
+def owned_by(obj, owner: dict[str, Any]) -> bool:
+    refs = obj.metadata.owner_references or []
+    return any(r.uid == owner["metadata"]["uid"] and r.controller for r in refs)
+
+
+def trainer_result(version: str, auc: float = 0.83) -> dict[str, Any]:
+    """The report a successful trainer writes into status.result (runtime contract)."""
+    return {
+        "phase": "Succeeded",
+        "validation": {"passed": True, "violations": []},
+        "trials": {"total": 8, "finished": 8, "best": {"config": {"max_depth": 5}, "metrics": {"roc_auc": auc}}},
+        "model": {"name": "churn-classifier", "version": version,
+                  "uri": f"pvc://churn-models/artifacts/churn/models/churn-classifier/{version}"},
+        "metrics": {"roc_auc": auc, "brier": 0.12},
+        "baselines": {"zeroRule": {"roc_auc": 0.5}, "random": {"roc_auc": 0.49}},
+        "gates": [{"name": "minMetric", "threshold": 0.75, "value": auc, "passed": auc >= 0.75}],
+        "lineage": {"dataFingerprint": "sha256:feedbeef", "featureRefs": ["customer:tenure_months"]},
+    }
+
+
+@pytest.fixture
+def ml(api_client, namespace, operator) -> Iterator[Mlcycle]:
+    """Helpers for the test's namespace, with a volume for the example's pvc://churn-models storage: the
+    test cluster has no provisioner, so a PersistentVolume is bound to the claim in advance (by the real
+    PV controller), as an administrator would."""
+    core = client.CoreV1Api(api_client)
+    pv = f"models-{namespace}"[:63]
+    core.create_persistent_volume(client.V1PersistentVolume(
+        metadata=client.V1ObjectMeta(name=pv),
+        spec=client.V1PersistentVolumeSpec(
+            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"],
+            host_path=client.V1HostPathVolumeSource(path=f"/tmp/{pv}"),
+            persistent_volume_reclaim_policy="Retain",
+            claim_ref=client.V1ObjectReference(namespace=namespace, name="churn-models"))))
+    yield Mlcycle(api_client, namespace)
+    core.delete_persistent_volume(pv)
+
+
+def test_project_provisions_identity_feature_store_and_storage(ml: Mlcycle):
+    project = ml.create(EXAMPLES["MLProject"])
+    status = wait_for(lambda: ml.status("MLProject", "churn").get("phase") == "Ready"
+                      and ml.status("MLProject", "churn"), what="MLProject Ready")
+    assert status["observedGeneration"] == project["metadata"]["generation"]
+    assert condition(status, "Ready")["status"] == "True"
+    assert status["serviceAccount"] == "mlcycle-churn-workload"
+    sa = ml.core.read_namespaced_service_account("mlcycle-churn-workload", ml.namespace)
+    assert owned_by(sa, project)
+    role = client.RbacAuthorizationV1Api(ml.core.api_client).read_namespaced_role("mlcycle-churn-workload",
+                                                                                  ml.namespace)
+    # Least privilege: workloads may report status and read config, nothing else, never secrets.
+    verbs = {(res, verb) for rule in role.rules for res in rule.resources for verb in rule.verbs}
+    assert ("trainingjobs/status", "patch") in verbs and ("driftmonitors/status", "patch") in verbs
+    assert not any(res in ("secrets", "pods", "*") or verb in ("create", "delete", "*") for res, verb in verbs)
+    fs = ml.core.read_namespaced_config_map("mlcycle-churn-feature-store", ml.namespace)
+    assert owned_by(fs, project)
+    feature_store = yaml.safe_load(fs.data["feature_store.yaml"])
+    assert feature_store["project"] == "churn"
+    assert feature_store["online_store"] == {"type": "redis", "connection_string": "redis.mlcycle-system.svc:6379"}
+    cron = ml.batch.read_namespaced_cron_job("mlcycle-churn-materialize", ml.namespace)
+    assert cron.spec.schedule == "*/30 * * * *" and owned_by(cron, project)
+    pod = cron.spec.job_template.spec.template.spec
+    assert pod.security_context.run_as_non_root and pod.containers[0].security_context.read_only_root_filesystem
+    pvc = ml.core.read_namespaced_persistent_volume_claim("churn-models", ml.namespace)
+    assert not pvc.metadata.owner_references, "the model store must outlive the project"
+    assert any("ChildrenApplied" in e for e in ml.events("churn"))
+
+
+def test_training_job_runs_as_a_job_and_explains_a_silent_exit(ml: Mlcycle):
+    ml.create(EXAMPLES["MLProject"])
+    job = ml.create(EXAMPLES["TrainingJob"])
+    batch = wait_for(lambda: _read(ml.batch.read_namespaced_job, "churn-v1-train", ml.namespace),
+                     what="the training Job")
+    assert owned_by(batch, job)
+    container = batch.spec.template.spec.containers[0]
+    assert container.command == ["python", "-m", "mlcycle_runtime.train", "--config", "/etc/mlcycle/config.json"]
+    assert batch.spec.active_deadline_seconds == 6 * 3600
+    config = ml.core.read_namespaced_config_map("churn-v1-train-config", ml.namespace)
+    assert '"metric": "roc_auc"' in config.data["config.json"]
+    # KWOK completes Job pods at once without running anything: no report was written, so the job must
+    # fail in words rather than sit in a phase or pass silently.
+    status = wait_for(lambda: ml.status("TrainingJob", "churn-v1").get("phase") == "Failed"
+                      and ml.status("TrainingJob", "churn-v1"), what="TrainingJob Failed")
+    assert status["workload"] == {"kind": "Job", "name": "churn-v1-train"}
+    degraded = condition(status, "Degraded")
+    assert degraded["status"] == "True" and "without reporting a result" in degraded["message"]
+    assert any(e.startswith("Failed:") for e in ml.events("churn-v1"))
+
+
+def test_training_job_spec_is_immutable(ml: Mlcycle):
+    ml.create(EXAMPLES["MLProject"])
+    ml.create(EXAMPLES["TrainingJob"])
+    with pytest.raises(client.ApiException) as refused:
+        ml.objects.patch_namespaced_custom_object(GROUP, VERSION, ml.namespace, "trainingjobs", "churn-v1",
+                                                  {"spec": {"model": {"params": {"max_depth": 3}}}})
+    assert refused.value.status == 422 and "immutable" in refused.value.body
+
+
+def test_bad_data_report_fails_the_job_with_every_violation(ml: Mlcycle):
+    ml.create(EXAMPLES["MLProject"])
+    job = copy.deepcopy(EXAMPLES["TrainingJob"])
+    ml.create(job)
+    ml.report("TrainingJob", "churn-v1", "result", {
+        "phase": "Failed", "error": "data validation failed",
+        "validation": {"passed": False, "violations": [
+            "tenure_months: 12 values above max 600", "plan: unexpected value 'gold' (3 rows)"]}})
+    status = wait_for(lambda: ml.status("TrainingJob", "churn-v1").get("phase") == "Failed"
+                      and ml.status("TrainingJob", "churn-v1"), what="TrainingJob Failed on bad data")
+    data = condition(status, "DataValid")
+    assert data["status"] == "False" and data["reason"] == "BadData"
+    assert "tenure_months: 12 values above max 600" in data["message"] and "'gold'" in data["message"]
+
+
+def test_the_loop_in_resources(ml: Mlcycle):
+    """Train (reported) -> serve the gated model -> drift report -> one retraining -> canary of the new model."""
+    ml.create(EXAMPLES["MLProject"])
+    ml.create(EXAMPLES["TrainingJob"])
+    # The trainer reports before its pod is gone, as a real one does.
+    ml.report("TrainingJob", "churn-v1", "result", trainer_result("v1"))
+    status = wait_for(lambda: ml.status("TrainingJob", "churn-v1").get("phase") == "Succeeded"
+                      and ml.status("TrainingJob", "churn-v1"), what="TrainingJob Succeeded")
+    assert status["gatesPassed"] is True and condition(status, "GatesPassed")["status"] == "True"
+    assert status["model"]["version"] == "v1" and status["metrics"]["roc_auc"] == 0.83
+
+    md = ml.create(EXAMPLES["ModelDeployment"])
+    status = wait_for(lambda: ml.status("ModelDeployment", "churn").get("phase") == "Available"
+                      and ml.status("ModelDeployment", "churn"), timeout=90, what="ModelDeployment Available")
+    assert status["stableVersion"] == "v1" and status["trafficSummary"] == "v1=100"
+    assert status["trainingJob"] == "churn-v1" and status["endpoint"] == f"http://churn.{ml.namespace}.svc"
+    assert status["readyReplicas"] >= 2
+    server = ml.apps.read_namespaced_deployment("churn-v-v1", ml.namespace)
+    assert owned_by(server, md)
+    pod = server.spec.template.spec
+    assert pod.containers[0].command[:3] == ["python", "-m", "mlcycle_runtime.serve"]
+    assert pod.containers[0].security_context.read_only_root_filesystem
+    assert pod.containers[0].resources.limits == {"cpu": "500m", "memory": "512Mi"}
+    assert owned_by(ml.apps.read_namespaced_deployment("churn-router", ml.namespace), md)
+    assert owned_by(ml.core.read_namespaced_service("churn", ml.namespace), md)
+    hpa = client.AutoscalingV2Api(ml.core.api_client).read_namespaced_horizontal_pod_autoscaler("churn-v-v1",
+                                                                                                ml.namespace)
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 6)
+    assert owned_by(client.PolicyV1Api(ml.core.api_client).read_namespaced_pod_disruption_budget(
+        "churn-v-v1", ml.namespace), md)
+    routes = ml.core.read_namespaced_config_map("churn-router", ml.namespace).data["config.json"]
+    assert '"weight": 100' in routes and f"churn-v-v1.{ml.namespace}.svc:3000" in routes
+    wait_for(lambda: (ml.status("MLProject", "churn").get("champion") or {}).get("version") == "v1",
+             timeout=60, what="the project to name v1 its champion")
+
+    ml.create(EXAMPLES["DriftMonitor"])
+    wait_for(lambda: ml.status("DriftMonitor", "churn").get("phase") == "Monitoring", what="DriftMonitor running")
+    drift = ml.apps.read_namespaced_deployment("churn-drift", ml.namespace)
+    assert drift.spec.template.spec.containers[0].command[:3] == ["python", "-m", "mlcycle_runtime.drift"]
+
+    def drift_report(at: datetime) -> dict[str, Any]:
+        return {"time": at.isoformat().replace("+00:00", "Z"), "window": "30m", "samples": 2400, "version": "v1",
+                "drifted": True, "driftedFeatures": ["monthly_charges"],
+                "features": [
+                    {"name": "monthly_charges", "method": "psi", "score": 0.41, "threshold": 0.2, "drifted": True},
+                    {"name": "tenure_months", "method": "psi", "score": 0.03, "threshold": 0.2, "drifted": False}]}
+
+    ml.report("DriftMonitor", "churn", "report", drift_report(datetime.now(UTC).replace(microsecond=0)))
+    retrains = wait_for(lambda: ml.list("TrainingJob", "mlcycle.io/retrained-by=churn"), what="a retraining")
+    # Its trainer (KWOK's pod) reports at once: the retrained model passes its gates.
+    ml.report("TrainingJob", retrains[0]["metadata"]["name"], "result", trainer_result("v2", auc=0.86))
+    status = wait_for(lambda: (ml.status("DriftMonitor", "churn").get("lastRetrain") or {}).get("trainingJob")
+                      and ml.status("DriftMonitor", "churn"), what="the retraining in status")
+    assert condition(status, "DriftDetected")["status"] == "True" and status["phase"] == "Drifted"
+    assert status["lastReport"]["driftedFeatures"] == ["monthly_charges"]
+    retrain_name = status["lastRetrain"]["trainingJob"]
+    retrain = ml.get("TrainingJob", retrain_name)
+    # Cloned from the lineage of the model in service, keeping the labels the deployment tracks.
+    assert retrain["spec"]["output"]["modelName"] == "churn-classifier"
+    assert retrain["metadata"]["labels"]["mlcycle.io/model"] == "churn-classifier"
+    assert "monthly_charges=0.41" in status["lastRetrain"]["reason"]
+
+    # A second drift report inside the cooldown starts nothing.
+    time.sleep(1.1)
+    ml.report("DriftMonitor", "churn", "report", drift_report(datetime.now(UTC).replace(microsecond=0)))
+    wait_for(lambda: any("RetrainingCoolingDown" in e for e in ml.events("churn")), what="a cooldown Event")
+    assert len(ml.list("TrainingJob", "mlcycle.io/retrained-by=churn")) == 1
+    assert ml.status("DriftMonitor", "churn")["retrainsToday"] == 1
+
+    # The retrained model becomes the canary (held there: no Prometheus, so analysis is inconclusive).
+    status = wait_for(lambda: ml.status("ModelDeployment", "churn").get("candidateVersion") == "v2"
+                      and (ml.status("ModelDeployment", "churn").get("trafficSummary") or "").endswith("v2=10")
+                      and ml.status("ModelDeployment", "churn"), timeout=90, what="a canary of v2 at 10%")
+    assert status["phase"] == "Progressing" and status["stableVersion"] == "v1"
+    assert status["trafficSummary"] == "v1=90 v2=10"
+    wait_for(lambda: any(r["verdict"] == "Inconclusive" for r in
+                         (ml.status("ModelDeployment", "churn").get("rollout") or {}).get("analysisRuns", [])),
+             timeout=60, what="an inconclusive analysis run (no Prometheus)")
+    assert ml.status("ModelDeployment", "churn")["stableVersion"] == "v1", "inconclusive must never promote"
+
+
+def test_deleting_a_deployment_collects_its_children(ml: Mlcycle):
+    ml.create(EXAMPLES["MLProject"])
+    md = copy.deepcopy(EXAMPLES["ModelDeployment"])
+    md["spec"]["model"] = {"name": "churn-classifier", "version": "v7"}
+    ml.create(md)
+    wait_for(lambda: _read(ml.apps.read_namespaced_deployment, "churn-v-v7", ml.namespace), what="v7 server")
+    wait_for(lambda: _read(ml.apps.read_namespaced_deployment, "churn-router", ml.namespace), what="router")
+    ml.objects.delete_namespaced_custom_object(GROUP, VERSION, ml.namespace, "modeldeployments", "churn")
+
+    def gone():
+        names = {d.metadata.name for d in ml.apps.list_namespaced_deployment(ml.namespace).items}
+        services = {s.metadata.name for s in ml.core.list_namespaced_service(ml.namespace).items}
+        return not names & {"churn-v-v7", "churn-router"} and not services & {"churn", "churn-v-v7"}
+
+    wait_for(gone, what="the garbage collector to remove the deployment's children")
+
+
+def _read(reader, name: str, namespace: str):
+    try:
+        return reader(name, namespace)
+    except client.ApiException as err:
+        if err.status == 404:
+            return None
+        raise
