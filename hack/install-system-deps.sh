@@ -4,7 +4,8 @@
 set -euo pipefail
 # command -> package
 declare -A want=(
-  [openssl]=openssl   # certificates for the local control plane
+  [openssl]=openssl          # certificates for the local control plane
+  [prometheus]=prometheus    # canary analysis and drift metrics in the integration tests
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -14,16 +14,14 @@ import pytest
 
 from tests.harness import binaries
 from tests.harness.cluster import MARKER_CONFIGMAP, LocalCluster
+from tests.harness.pytest_support import unavailable
 
 # Set to a kubeconfig (e.g. the one `make cluster-up` prints) to reuse a running test cluster.
 REUSE_ENV = "MLCYCLE_TEST_KUBECONFIG"
 
 
 def _unavailable(reason: str):
-    # Where the cluster is part of the contract (CI), a missing prerequisite is a failure, not a skip.
-    if os.environ.get("CI"):
-        pytest.fail(f"control plane unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"control plane unavailable: {reason}")
+    unavailable("control plane", reason)
 
 
 class ClusterHandle:

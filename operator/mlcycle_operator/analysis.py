@@ -34,7 +34,8 @@ def query_for(metric: AnalysisMetric, namespace: str, deployment: str, version: 
     """The PromQL of one analysis metric for one version over a window such as 1m."""
     sel = f'namespace="{namespace}",deployment="{deployment}",version="{version}"'
     if metric.type == "errorRate":
-        return (f'sum(rate({REQUESTS}{{{sel},code=~"5.."}}[{window}]))'
+        # No 5xx series at all means no errors (0), while no requests at all stays "not measured".
+        return (f'(sum(rate({REQUESTS}{{{sel},code=~"5.."}}[{window}])) or vector(0))'
                 f" / sum(rate({REQUESTS}{{{sel}}}[{window}]))")
     if metric.type == "latencyP99":
         return f"histogram_quantile(0.99, sum by (le) (rate({LATENCY}{{{sel}}}[{window}])))"

@@ -29,8 +29,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
-    # Events at INFO and above: transitions are what users read with `kubectl describe`.
-    settings.posting.level = logging.INFO
+    # Our transitions are posted as Events explicitly (kopf.info/warn). Kopf's own per-handler log lines
+    # ("Timer ... succeeded" every few seconds) would drown them, so only its warnings become Events.
+    settings.posting.level = logging.WARNING
     # Long server-side watch timeouts cost nothing; a client timeout just above catches dead connections
     # (a load balancer dropping idle streams) instead of hanging forever.
     settings.watching.server_timeout = 300

@@ -1,12 +1,16 @@
-"""Integration fixtures: the mlcycle CRDs installed into the session's control plane."""
+"""Integration fixtures: the mlcycle CRDs, Prometheus, the operator, and a namespace with model storage."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client
+
+from tests.integration.helpers import Mlcycle
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,15 +46,42 @@ def mlcycle_crds(api_client) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster, mlcycle_crds):
-    """The mlcycle operator, in this process (kopf.testing.KopfRunner), watching every namespace."""
+def router_metrics():
+    """Router metrics with traffic the tests control (see tests/harness/router_metrics.py)."""
+    from tests.harness.router_metrics import RouterMetrics
+
+    metrics = RouterMetrics()
+    yield metrics
+    metrics.stop()
+
+
+@pytest.fixture(scope="session")
+def prometheus(router_metrics, tmp_path_factory):
+    """A real Prometheus scraping the router metrics every second."""
+    import shutil
+
+    from tests.harness.prometheus import Prometheus
+    from tests.harness.pytest_support import unavailable
+
+    if shutil.which("prometheus") is None:
+        unavailable("Prometheus", "the 'prometheus' binary is not installed (make system-deps)")
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"), targets=[router_metrics.target])
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, mlcycle_crds, prometheus):
+    """The mlcycle operator, in this process (kopf.testing.KopfRunner), watching every namespace and
+    analysing canaries with the session's Prometheus."""
     import os
 
     from kopf.testing import KopfRunner
 
     saved = {k: os.environ.get(k) for k in ("KUBECONFIG", "MLCYCLE_PROMETHEUS_URL")}
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
-    os.environ.pop("MLCYCLE_PROMETHEUS_URL", None)
+    os.environ["MLCYCLE_PROMETHEUS_URL"] = prometheus.url
     with KopfRunner(["run", "--all-namespaces", "--standalone", "-m", "mlcycle_operator.handlers"],
                     timeout=60) as runner:
         yield runner
@@ -60,3 +91,23 @@ def operator(cluster, mlcycle_crds):
         else:
             os.environ[key] = value
     assert runner.exception is None, f"the operator crashed: {runner.exception!r}\n{runner.output[-3000:]}"
+
+
+@pytest.fixture
+def ml(api_client, namespace, operator) -> Iterator[Mlcycle]:
+    """Helpers for the test's namespace, with a volume for the example's pvc://churn-models storage: the
+    test cluster has no provisioner, so a PersistentVolume is bound to the claim in advance (by the real
+    PV controller), as an administrator would."""
+    core = client.CoreV1Api(api_client)
+    pv = f"models-{namespace}"[:63]
+    core.create_persistent_volume(client.V1PersistentVolume(
+        metadata=client.V1ObjectMeta(name=pv),
+        spec=client.V1PersistentVolumeSpec(
+            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"],
+            host_path=client.V1HostPathVolumeSource(path=f"/tmp/{pv}"),
+            persistent_volume_reclaim_policy="Retain",
+            claim_ref=client.V1ObjectReference(namespace=namespace, name="churn-models"))))
+    yield Mlcycle(api_client, namespace)
+    core.delete_persistent_volume(pv)
+
+

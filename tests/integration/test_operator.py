@@ -10,78 +10,16 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from kubernetes import client
 
+from tests.integration.helpers import EXAMPLES, GROUP, VERSION, Mlcycle, condition, owned_by, read_or_none, wait_for
+
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = {m["kind"]: m for m in (yaml.safe_load(p.read_text())
-                                   for p in sorted((ROOT / "examples/churn/manifests").glob("*.yaml")))}
-GROUP, VERSION = "mlcycle.io", "v1alpha1"
-PLURALS = {"MLProject": "mlprojects", "TrainingJob": "trainingjobs",
-           "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors"}
-
-
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.5)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
-class Mlcycle:
-    """Small helpers over the real API for one namespace."""
-
-    def __init__(self, api_client, namespace: str):
-        self.objects = client.CustomObjectsApi(api_client)
-        self.core = client.CoreV1Api(api_client)
-        self.apps = client.AppsV1Api(api_client)
-        self.batch = client.BatchV1Api(api_client)
-        self.namespace = namespace
-
-    def create(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        return self.objects.create_namespaced_custom_object(GROUP, VERSION, self.namespace,
-                                                            PLURALS[manifest["kind"]], manifest)
-
-    def get(self, kind: str, name: str) -> dict[str, Any]:
-        return self.objects.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURALS[kind], name)
-
-    def status(self, kind: str, name: str) -> dict[str, Any]:
-        return self.get(kind, name).get("status") or {}
-
-    def list(self, kind: str, selector: str = "") -> list[dict[str, Any]]:
-        return self.objects.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURALS[kind],
-                                                          label_selector=selector)["items"]
-
-    def report(self, kind: str, name: str, field: str, value: dict[str, Any]) -> None:
-        """What a workload does: patch its own resource's status subresource."""
-        self.objects.patch_namespaced_custom_object_status(GROUP, VERSION, self.namespace, PLURALS[kind], name,
-                                                           {"status": {field: value}})
-
-    def events(self, name: str) -> list[str]:
-        return [f"{e.reason}: {e.message}" for e in self.core.list_namespaced_event(
-            self.namespace, field_selector=f"involvedObject.name={name}").items]
-
-
-def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
-    return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)
-
-
-def owned_by(obj, owner: dict[str, Any]) -> bool:
-    refs = obj.metadata.owner_references or []
-    return any(r.uid == owner["metadata"]["uid"] and r.controller for r in refs)
-
 
 def trainer_result(version: str, auc: float = 0.83) -> dict[str, Any]:
     """The report a successful trainer writes into status.result (runtime contract)."""
@@ -96,24 +34,6 @@ def trainer_result(version: str, auc: float = 0.83) -> dict[str, Any]:
         "gates": [{"name": "minMetric", "threshold": 0.75, "value": auc, "passed": auc >= 0.75}],
         "lineage": {"dataFingerprint": "sha256:feedbeef", "featureRefs": ["customer:tenure_months"]},
     }
-
-
-@pytest.fixture
-def ml(api_client, namespace, operator) -> Iterator[Mlcycle]:
-    """Helpers for the test's namespace, with a volume for the example's pvc://churn-models storage: the
-    test cluster has no provisioner, so a PersistentVolume is bound to the claim in advance (by the real
-    PV controller), as an administrator would."""
-    core = client.CoreV1Api(api_client)
-    pv = f"models-{namespace}"[:63]
-    core.create_persistent_volume(client.V1PersistentVolume(
-        metadata=client.V1ObjectMeta(name=pv),
-        spec=client.V1PersistentVolumeSpec(
-            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"],
-            host_path=client.V1HostPathVolumeSource(path=f"/tmp/{pv}"),
-            persistent_volume_reclaim_policy="Retain",
-            claim_ref=client.V1ObjectReference(namespace=namespace, name="churn-models"))))
-    yield Mlcycle(api_client, namespace)
-    core.delete_persistent_volume(pv)
 
 
 def test_project_provisions_identity_feature_store_and_storage(ml: Mlcycle):
@@ -148,7 +68,7 @@ def test_project_provisions_identity_feature_store_and_storage(ml: Mlcycle):
 def test_training_job_runs_as_a_job_and_explains_a_silent_exit(ml: Mlcycle):
     ml.create(EXAMPLES["MLProject"])
     job = ml.create(EXAMPLES["TrainingJob"])
-    batch = wait_for(lambda: _read(ml.batch.read_namespaced_job, "churn-v1-train", ml.namespace),
+    batch = wait_for(lambda: read_or_none(ml.batch.read_namespaced_job, "churn-v1-train", ml.namespace),
                      what="the training Job")
     assert owned_by(batch, job)
     container = batch.spec.template.spec.containers[0]
@@ -276,8 +196,8 @@ def test_deleting_a_deployment_collects_its_children(ml: Mlcycle):
     md = copy.deepcopy(EXAMPLES["ModelDeployment"])
     md["spec"]["model"] = {"name": "churn-classifier", "version": "v7"}
     ml.create(md)
-    wait_for(lambda: _read(ml.apps.read_namespaced_deployment, "churn-v-v7", ml.namespace), what="v7 server")
-    wait_for(lambda: _read(ml.apps.read_namespaced_deployment, "churn-router", ml.namespace), what="router")
+    wait_for(lambda: read_or_none(ml.apps.read_namespaced_deployment, "churn-v-v7", ml.namespace), what="v7 server")
+    wait_for(lambda: read_or_none(ml.apps.read_namespaced_deployment, "churn-router", ml.namespace), what="router")
     ml.objects.delete_namespaced_custom_object(GROUP, VERSION, ml.namespace, "modeldeployments", "churn")
 
     def gone():
@@ -286,12 +206,3 @@ def test_deleting_a_deployment_collects_its_children(ml: Mlcycle):
         return not names & {"churn-v-v7", "churn-router"} and not services & {"churn", "churn-v-v7"}
 
     wait_for(gone, what="the garbage collector to remove the deployment's children")
-
-
-def _read(reader, name: str, namespace: str):
-    try:
-        return reader(name, namespace)
-    except client.ApiException as err:
-        if err.status == 404:
-            return None
-        raise

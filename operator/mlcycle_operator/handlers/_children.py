@@ -9,6 +9,7 @@ import kopf
 from .. import kube
 from ..metrics import CHILD_WRITES
 from ..resources.compare import Action
+from . import _events
 
 
 def apply_owned(body: kopf.Body, children: list[dict[str, Any]], *, owned: bool = True) -> list[str]:
@@ -24,7 +25,7 @@ def apply_owned(body: kopf.Body, children: list[dict[str, Any]], *, owned: bool 
             changes.append(f"{'Created' if action is Action.CREATE else 'Updated'} "
                            f"{child['kind']}/{child['metadata']['name']}")
     if changes:
-        kopf.info(body, reason="ChildrenApplied", message="; ".join(changes))
+        _events.normal(body, "ChildrenApplied", "; ".join(changes))
     return changes
 
 
@@ -39,5 +40,5 @@ def prune(body: kopf.Body, api_version: str, kind: str, namespace: str, selector
         if ours and name not in keep and kube.delete(api_version, kind, namespace, name):
             removed.append(f"{kind}/{name}")
     if removed:
-        kopf.info(body, reason="ChildrenRemoved", message="Deleted " + ", ".join(removed))
+        _events.normal(body, "ChildrenRemoved", "Deleted " + ", ".join(removed))
     return removed

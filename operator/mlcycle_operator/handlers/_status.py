@@ -8,6 +8,7 @@ import kopf
 from pydantic import BaseModel, ValidationError
 
 from .. import conditions as cond
+from . import _events
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,5 +36,5 @@ def parse_spec(model: type[M], spec: dict[str, Any], body: kopf.Body, patch: kop
         conditions = cond.set_condition(list((status or {}).get("conditions", [])), cond.DEGRADED, True,
                                         cond.INVALID_SPEC, problems, generation)
         write(patch, status, {"conditions": conditions, "observedGeneration": generation})
-        kopf.warn(body, reason=cond.INVALID_SPEC, message=problems)
+        _events.warning(body, cond.INVALID_SPEC, problems)
         raise kopf.PermanentError(problems) from err

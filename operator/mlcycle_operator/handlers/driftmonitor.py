@@ -14,7 +14,7 @@ from ..api.mlproject import MLProjectSpec
 from ..metrics import RETRAINS, reconciling
 from ..resources import monitor as builders
 from ..resources.common import Meta
-from . import _children, _status
+from . import _children, _events, _status
 from .mlproject import runtime_image
 
 PLURAL = "driftmonitors"
@@ -45,7 +45,7 @@ def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
                                             cond.DEPLOYMENT_NOT_FOUND, message, meta.generation)
             if _status.write(patch, status, {"phase": "Pending", "conditions": conditions,
                                              "observedGeneration": meta.generation}):
-                kopf.warn(body, reason=cond.DEPLOYMENT_NOT_FOUND, message=message)
+                _events.warning(body, cond.DEPLOYMENT_NOT_FOUND, message)
             raise kopf.TemporaryError(message, delay=15)
         project_name = deployment["spec"]["project"]
         project = kube.get(API_VERSION, "MLProject", meta.namespace, project_name)
@@ -92,7 +92,7 @@ def driftmonitor_report(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, p
         new: dict[str, Any] = {"lastReport": last_report, "conditions": conditions,
                                "phase": "Drifted" if drifted else "Monitoring"}
         if drifted and not cond.is_true(old.get("conditions"), cond.DRIFT_DETECTED):
-            kopf.warn(body, reason=cond.DRIFT, message=f"drift on {detail}")
+            _events.warning(body, cond.DRIFT, f"drift on {detail}")
         decision = _retrain_decision(monitor, meta, old, report, now)
         RETRAINS.labels(decision.reason).inc()
         if decision.action == retraining.START:
@@ -105,9 +105,9 @@ def driftmonitor_report(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, p
                     "retrainsToday": retraining.retrain_day_count(old, now) + 1,
                     "retrainDay": day,
                 })
-                kopf.info(body, reason="RetrainingStarted", message=f"TrainingJob {job} started: {decision.message}")
+                _events.normal(body, "RetrainingStarted", f"TrainingJob {job} started: {decision.message}")
         elif drifted:
-            kopf.info(body, reason=f"Retraining{decision.reason}", message=decision.message)
+            _events.normal(body, f"Retraining{decision.reason}", decision.message)
         _status.write(patch, status, new)
 
 
@@ -136,8 +136,8 @@ def _start_retraining(monitor: DriftMonitorSpec, meta: Meta, decision: retrainin
         job = builders.retraining_job(monitor, meta, source, decision.job_name, decision.message)
     except ValueError as err:
         RETRAINS.labels("no-source").inc()
-        kopf.warn(body, reason="RetrainingImpossible",
-                  message=f"{err}: set spec.actions.retrain.template, or serve a model trained by a TrainingJob")
+        _events.warning(body, "RetrainingImpossible",
+                        f"{err}: set spec.actions.retrain.template, or serve a model trained by a TrainingJob")
         return None
     try:
         kube.create(job)

@@ -14,7 +14,7 @@ from ..api.mlproject import MLProjectSpec
 from ..metrics import reconciling
 from ..resources import project as builders
 from ..resources.common import Meta
-from . import _children, _status
+from . import _children, _events, _status
 
 PLURAL = "mlprojects"
 
@@ -41,7 +41,7 @@ def mlproject_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, p
                             f"app.kubernetes.io/instance={meta.name},mlcycle.io/owner-kind=mlproject", keep=set())
         new = _observed(project, meta, dict(status or {}))
         if _status.write(patch, status, new) and (status or {}).get("phase") != new["phase"]:
-            kopf.info(body, reason=cond.RECONCILED, message=f"MLProject is {new['phase']}")
+            _events.normal(body, cond.RECONCILED, f"MLProject is {new['phase']}")
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=30, initial_delay=5, idle=5)

@@ -16,7 +16,7 @@ from ..api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeployment
 from ..metrics import ROLLOUT_DECISIONS, reconciling
 from ..resources import serving as builders
 from ..resources.common import LABEL_COMPONENT, LABEL_INSTANCE, Meta
-from . import _children, _status
+from . import _children, _events, _status
 from .mlproject import runtime_image
 
 PLURAL = "modeldeployments"
@@ -113,7 +113,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
                                             cond.PROJECT_NOT_FOUND, message, meta.generation)
             if _status.write(patch, status, {"phase": "Pending", "conditions": conditions,
                                              "observedGeneration": meta.generation}):
-                kopf.warn(body, reason=cond.PROJECT_NOT_FOUND, message=message)
+                _events.warning(body, cond.PROJECT_NOT_FOUND, message)
             return
         project_spec = MLProjectSpec.model_validate(project["spec"])
         jobs = kube.list_objects(API_VERSION, "TrainingJob", meta.namespace) if md.model.track else []
@@ -162,7 +162,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         failed_run = decision.analysis_run is not None and decision.analysis_run.verdict == "Fail"
         if decision.action not in QUIET_ACTIONS or failed_run:
             warning = decision.action is rollout.Action.ROLL_BACK or failed_run
-            (kopf.warn if warning else kopf.info)(body, reason=decision.reason, message=decision.message)
+            (_events.warning if warning else _events.normal)(body, decision.reason, decision.message)
 
 
 def _status_from(decision: rollout.Decision, md: ModelDeploymentSpec, meta: Meta, old: dict[str, Any],

@@ -14,7 +14,7 @@ from ..api.trainingjob import TrainingJobSpec
 from ..metrics import reconciling
 from ..resources import training as builders
 from ..resources.common import Meta
-from . import _children, _status
+from . import _children, _events, _status
 from .mlproject import runtime_image
 
 PLURAL = "trainingjobs"
@@ -41,7 +41,7 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
                                             cond.PROJECT_NOT_FOUND, message, meta.generation)
             if _status.write(patch, status, {"phase": "Pending", "conditions": conditions,
                                              "observedGeneration": meta.generation}):
-                kopf.warn(body, reason=cond.PROJECT_NOT_FOUND, message=message)
+                _events.warning(body, cond.PROJECT_NOT_FOUND, message)
             raise kopf.TemporaryError(message, delay=15)
         project_spec = MLProjectSpec.model_validate(project["spec"])
         champion = (project.get("status") or {}).get("champion")
@@ -104,4 +104,4 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
         observed.status["lineage"] = lineage
         _status.write(patch, status, observed.status)
         for type_, reason, message in observed.events:
-            (kopf.info if type_ == "Normal" else kopf.warn)(body, reason=reason, message=message)
+            (_events.normal if type_ == "Normal" else _events.warning)(body, reason, message)
