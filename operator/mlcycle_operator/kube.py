@@ -132,6 +132,11 @@ def delete(api_version: str, kind: str, namespace: str | None, name: str) -> boo
         raise
 
 
+def patch_annotations(api_version: str, kind: str, namespace: str, name: str, annotations: dict[str, str]) -> None:
+    _call("PATCH", path(api_version, kind, namespace, name), body={"metadata": {"annotations": annotations}},
+          content_type="application/merge-patch+json")
+
+
 def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
     _call("PATCH", path(api_version, kind, namespace, name, "status"), body={"status": status},
           content_type="application/merge-patch+json")

@@ -21,6 +21,9 @@ from .mlproject import runtime_image
 
 PLURAL = "modeldeployments"
 VERSION_ANNOTATION = "mlcycle.io/model-version"
+# Set by a TrainingJob whose model passed its gates on the deployments that track that model: an annotation
+# change is an update event, so the deployment reconciles at once.
+NUDGE_ANNOTATION = "mlcycle.io/new-model"
 HISTORY_LIMIT = 20
 # Decisions that change nothing a person would want an Event for (analysis failures get one regardless).
 QUIET_ACTIONS = {rollout.Action.NOTHING, rollout.Action.WAIT_READY, rollout.Action.HOLD, rollout.Action.ANALYSE}
@@ -94,10 +97,23 @@ def modeldeployment_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
     _reconcile(body, spec, status, patch, memo)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=3, idle=2)
+def _settled(status: kopf.Status, **_: Any) -> bool:
+    """Serving, with no rollout under way: only a new model can change anything."""
+    return (status or {}).get("phase") == "Available" and not (status or {}).get("rollout")
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=3, idle=2, when=lambda **kw: not _settled(**kw))
 def modeldeployment_progress(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
                              memo: Any, **_: Any) -> None:
-    """Level-based: new gated models, replicas becoming ready and analysis intervals are not spec changes."""
+    """Level-based, every few seconds while something moves: replicas becoming ready, analysis intervals."""
+    _reconcile(body, spec, status, patch, memo)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=60, initial_delay=30, idle=10, when=_settled)
+def modeldeployment_resync(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+                           memo: Any, **_: Any) -> None:
+    """A slow safety net for settled deployments (a thousand of them must not keep the operator busy); new gated
+    models normally arrive at once through the nudge that TrainingJobs give (NUDGE_ANNOTATION)."""
     _reconcile(body, spec, status, patch, memo)
 
 

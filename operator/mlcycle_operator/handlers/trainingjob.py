@@ -16,6 +16,7 @@ from ..resources import training as builders
 from ..resources.common import Meta
 from . import _children, _events, _status
 from .mlproject import runtime_image
+from .modeldeployment import NUDGE_ANNOTATION
 
 PLURAL = "trainingjobs"
 
@@ -103,5 +104,20 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
             lineage["endTime"] = now
         observed.status["lineage"] = lineage
         _status.write(patch, status, observed.status)
+        if observed.status["phase"] == "Succeeded" and observed.status.get("gatesPassed"):
+            _nudge_tracking_deployments(body, observed.status)
         for type_, reason, message in observed.events:
             (_events.normal if type_ == "Normal" else _events.warning)(body, reason, message)
+
+
+def _nudge_tracking_deployments(body: kopf.Body, status: dict[str, Any]) -> None:
+    """Tell the deployments that track this model that a new gated version exists."""
+    meta = Meta.of(body)
+    model = body["spec"]["output"]["modelName"]
+    version = (status.get("model") or {}).get("version", "")
+    for md in kube.list_objects(API_VERSION, "ModelDeployment", meta.namespace):
+        spec = md.get("spec") or {}
+        if spec.get("project") == body["spec"]["project"] and (spec.get("model") or {}).get("name") == model \
+                and (spec.get("model") or {}).get("track") is not None:
+            kube.patch_annotations(API_VERSION, "ModelDeployment", meta.namespace, md["metadata"]["name"],
+                                   {NUDGE_ANNOTATION: f"{meta.name}/{version}"})
