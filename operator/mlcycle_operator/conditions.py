@@ -52,7 +52,8 @@ def set_condition(conditions: list[dict[str, Any]], type_: str, status: bool | s
         "status": status_text,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": at.isoformat().replace("+00:00", "Z") if changed else previous["lastTransitionTime"],
+        "lastTransitionTime": (at.isoformat().replace("+00:00", "Z") if changed or not previous.get(
+            "lastTransitionTime") else previous["lastTransitionTime"]),
         "observedGeneration": generation,
     }
     return [condition if c.get("type") == type_ else c for c in conditions] if previous else [*conditions, condition]

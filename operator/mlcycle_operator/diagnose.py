@@ -54,8 +54,16 @@ def pod_problems(pods: list[dict[str, Any]]) -> list[Problem]:
 
 
 def job_failure(job: dict[str, Any] | None) -> Problem | None:
-    """The batch Job's own verdict: deadline exceeded or too many failed pods."""
-    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+    """The workload's own verdict: deadline exceeded or failed (batch Job conditions, or a RayJob's status)."""
+    status = (job or {}).get("status") or {}
+    if (job or {}).get("kind") == "RayJob":
+        if status.get("jobDeploymentStatus") == "Failed" or status.get("jobStatus") == "FAILED":
+            if status.get("reason") == "DeadlineExceeded":
+                return Problem(cond.DEADLINE_EXCEEDED, "training ran past spec.activeDeadline and was stopped", True)
+            return Problem(cond.TRAINING_FAILED, f"the RayJob failed: {status.get('reason', '')}: "
+                           f"{status.get('message', '')}".strip(" :"), True)
+        return None
+    for c in status.get("conditions") or []:
         if c.get("type") == "Failed" and c.get("status") == "True":
             if c.get("reason") == "DeadlineExceeded":
                 return Problem(cond.DEADLINE_EXCEEDED, "training ran past spec.activeDeadline and was stopped", True)
@@ -70,8 +78,12 @@ REPORT_GRACE_SECONDS = 10.0
 
 
 def job_completed_at(job: dict[str, Any] | None) -> str | None:
-    """When the batch Job completed successfully (its Complete condition), else None."""
-    for c in ((job or {}).get("status") or {}).get("conditions") or []:
+    """When the workload completed successfully (a Job's Complete condition, a RayJob's endTime), else None."""
+    status = (job or {}).get("status") or {}
+    if (job or {}).get("kind") == "RayJob":
+        done = status.get("jobDeploymentStatus") == "Complete" and status.get("jobStatus") == "SUCCEEDED"
+        return (status.get("endTime") or "") if done else None
+    for c in status.get("conditions") or []:
         if c.get("type") == "Complete" and c.get("status") == "True":
             return c.get("lastTransitionTime") or ""
     return None
@@ -112,8 +124,12 @@ def observe_training(old: dict[str, Any], job: dict[str, Any] | None, pods: list
                                         message, generation)
         if not valid:
             phase = "Failed"
+            more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""
+            validation_problem = Problem(cond.BAD_DATA, message + more, True)
 
     problems = pod_problems(pods)
+    if validation is not None and not validation.get("passed"):
+        problems.append(validation_problem)
     failure = job_failure(job)
     if failure is not None:
         problems.append(failure)
@@ -138,7 +154,8 @@ def observe_training(old: dict[str, Any], job: dict[str, Any] | None, pods: list
     elif cond.is_true(conditions, cond.DEGRADED):
         conditions = cond.set_condition(conditions, cond.DEGRADED, False, "Recovered", "", generation)
 
-    gates = new.get("gates") or old.get("gates")
+    # No gates configured passes vacuously: the job is eligible on its metrics alone.
+    gates = new["gates"] if "gates" in new else old.get("gates")
     if phase == "Succeeded" and gates is not None:
         passed = all(g.get("passed") for g in gates)
         new["gatesPassed"] = passed

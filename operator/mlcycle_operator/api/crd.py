@@ -244,6 +244,11 @@ def crd(kind: Kind) -> dict[str, Any]:
                     "type": "object",
                     "description": kind.description,
                     "required": ["spec"],
+                    "x-kubernetes-validations": [{
+                        "rule": "size(self.metadata.name) <= 63",
+                        "message": "the name must be at most 63 characters: it becomes Service names and labels",
+                        "fieldPath": ".metadata.name",
+                    }],
                     "properties": {
                         "apiVersion": {"type": "string", "description": "API version: mlcycle.io/v1alpha1."},
                         "kind": {"type": "string", "description": f"Kind: {kind.kind}."},

@@ -89,9 +89,13 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
         meta = Meta.of(body)
         api_version = "ray.io/v1" if workload["kind"] == "RayJob" else "batch/v1"
         job = kube.get(api_version, workload["kind"], meta.namespace, workload["name"])
-        selector = (f"ray.io/cluster={workload['name']}" if workload["kind"] == "RayJob"
-                    else f"job-name={workload['name']}")
-        pods = kube.list_objects("v1", "Pod", meta.namespace, selector)
+        if workload["kind"] == "RayJob":
+            # KubeRay names the cluster <rayjob>-<suffix>; it is known once the RayJob reports it.
+            ray_cluster = ((job or {}).get("status") or {}).get("rayClusterName")
+            selector = f"ray.io/cluster={ray_cluster}" if ray_cluster else None
+        else:
+            selector = f"job-name={workload['name']}"
+        pods = kube.list_objects("v1", "Pod", meta.namespace, selector) if selector else []
         now = cond.now().isoformat().replace("+00:00", "Z")
         observed = diagnose.observe_training(old, job, pods, meta.generation, now)
         if not observed.status:

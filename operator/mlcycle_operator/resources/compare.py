@@ -41,7 +41,9 @@ def is_subset(desired: Any, existing: Any) -> bool:
         if not isinstance(existing, list) or len(desired) != len(existing):
             return False
         return all(is_subset(d, e) for d, e in zip(desired, existing, strict=True))
-    if isinstance(desired, str) != isinstance(existing, str) and not isinstance(desired, (dict, list, bool)):
+    numbers = (int, float)
+    if (isinstance(desired, str) and isinstance(existing, numbers) and not isinstance(existing, bool)) or (
+            isinstance(existing, str) and isinstance(desired, numbers) and not isinstance(desired, bool)):
         # Quantities round-trip as strings ("1" vs 1); compare their text.
         return str(desired) == str(existing)
     return desired == existing

@@ -62,6 +62,7 @@ def deployment(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_sp
         "command": common.runtime_command("drift"),
         "ports": [{"name": "http", "containerPort": PORT}],
         "env": common.downward_env(),
+        "envFrom": project.storage_env_from(project_spec),
         "resources": common.resource_requirements(spec.resources),
         "securityContext": common.restricted_container_security(),
         "readinessProbe": {"httpGet": {"path": "/readyz", "port": PORT}, "periodSeconds": 10},
@@ -69,12 +70,11 @@ def deployment(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_sp
                           "initialDelaySeconds": 10},
         "volumeMounts": mounts,
     }
-    return {
+    body = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": meta.namespace, "labels": lbls},
         "spec": {
-            "replicas": spec.autoscaling.min_replicas,
             "selector": {"matchLabels": common.selector_labels(meta.name, "drift-monitor")},
             "template": {
                 "metadata": {"labels": lbls, "annotations": {
@@ -90,6 +90,9 @@ def deployment(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_sp
             },
         },
     }
+    if hpa(spec, meta, project_name) is None:  # otherwise replicas are the HPA's
+        body["spec"]["replicas"] = spec.autoscaling.min_replicas
+    return body
 
 
 def service(spec: DriftMonitorSpec, meta: Meta, project_name: str) -> dict[str, Any]:
@@ -162,13 +165,13 @@ def retraining_job(spec: DriftMonitorSpec, meta: Meta, source: dict[str, Any] | 
     because the entity source is read again at run time)."""
     if spec.actions.retrain and spec.actions.retrain.template:
         job_spec = copy.deepcopy(spec.actions.retrain.template)
-        source_labels: dict[str, str] = {}
     elif source is not None:
         job_spec = copy.deepcopy(source["spec"])
-        source_labels = {k: v for k, v in (source["metadata"].get("labels") or {}).items()
-                         if not k.startswith(("app.kubernetes.io/", LABEL_RETRAIN_OF))}
     else:
         raise ValueError("no retraining template and no TrainingJob lineage to clone")
+    # The in-service model's labels are what the tracking ModelDeployment selects on; keep them either way.
+    source_labels = {k: v for k, v in ((source or {}).get("metadata", {}).get("labels") or {}).items()
+                     if not k.startswith(("app.kubernetes.io/", LABEL_RETRAIN_OF))}
     return {
         "apiVersion": "mlcycle.io/v1alpha1",
         "kind": "TrainingJob",

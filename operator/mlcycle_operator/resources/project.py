@@ -122,7 +122,8 @@ def materialization_cron_job(spec: MLProjectSpec, meta: Meta, image: str) -> dic
         "imagePullPolicy": spec.defaults.image_pull_policy,
         "command": ["python", "-m", "mlcycle_runtime.features", "materialize", "--repo", "/etc/feast"],
         "env": common.downward_env(),
-        "resources": common.resource_requirements(spec.defaults.resources),
+        # Materialization needs no GPU, whatever the project's default resources say.
+        "resources": common.resource_requirements(spec.defaults.resources.model_copy(update={"gpu": 0})),
         "securityContext": common.restricted_container_security(),
         "volumeMounts": mounts,
     }
@@ -152,6 +153,11 @@ def materialization_cron_job(spec: MLProjectSpec, meta: Meta, image: str) -> dic
             }},
         },
     }
+
+
+def storage_env_from(spec: MLProjectSpec) -> list[dict[str, Any]]:
+    """Credentials for s3:// storage (AWS_* variables from the project's Secret), for pods that touch models."""
+    return [{"secretRef": {"name": spec.storage.secret_name}}] if spec.storage.secret_name else []
 
 
 def _with_pvc(spec: MLProjectSpec, volumes: list, mounts: list) -> tuple[list, list]:

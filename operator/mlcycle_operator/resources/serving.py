@@ -85,19 +85,18 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
         "command": common.runtime_command("serve"),
         "ports": [{"name": "http", "containerPort": SERVER_PORT}],
         "env": [*common.downward_env(), {"name": "BENTOML_HOME", "value": "/tmp/bentoml"}],
+        "envFrom": project.storage_env_from(project_spec),
         "resources": common.resource_requirements(serving.resources),
         "securityContext": common.restricted_container_security(),
         "readinessProbe": _probe("/readyz", SERVER_PORT),
         "livenessProbe": {**_probe("/livez", SERVER_PORT, 10), "initialDelaySeconds": 10},
         "volumeMounts": mounts,
     }
-    replicas = serving.autoscaling.min_replicas if serving.autoscaling.enabled else serving.replicas
-    return {
+    deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
         "metadata": {"name": name, "namespace": meta.namespace, "labels": lbls},
         "spec": {
-            "replicas": replicas,
             "selector": {"matchLabels": _version_selector(meta, version)},
             # Never drop below the current capacity while a version rolls its own pods.
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
@@ -121,6 +120,10 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
             },
         },
     }
+    # With an HPA, replicas are the HPA's: setting them here would undo every scale-up on each reconcile.
+    if not serving.autoscaling.enabled:
+        deployment["spec"]["replicas"] = serving.replicas
+    return deployment
 
 
 def service_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str) -> dict[str, Any]:
@@ -210,6 +213,8 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
     lbls = common.labels(KIND, meta.name, "router", project=spec.project)
     volume, mount = common.config_volume(name)
     tmp_volume, tmp_mount = common.scratch_volume()
+    # The router reads the stable model's reference bin edges from the project's storage.
+    volumes, mounts = project._with_pvc(project_spec, [volume, tmp_volume], [mount, tmp_mount])
     container = {
         "name": "router",
         "image": image,
@@ -217,11 +222,12 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
         "command": common.runtime_command("router"),
         "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
         "env": common.downward_env(),
+        "envFrom": project.storage_env_from(project_spec),
         "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "securityContext": common.restricted_container_security(),
         "readinessProbe": _probe("/readyz", ROUTER_PORT),
         "livenessProbe": {**_probe("/livez", ROUTER_PORT, 10), "initialDelaySeconds": 5},
-        "volumeMounts": [mount, tmp_mount],
+        "volumeMounts": mounts,
     }
     return {
         "apiVersion": "apps/v1",
@@ -239,7 +245,7 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
                     "serviceAccountName": project.workload_service_account_name(spec.project),
                     "securityContext": common.pod_security(),
                     "containers": [container],
-                    "volumes": [volume, tmp_volume],
+                    "volumes": volumes,
                 },
             },
         },

@@ -52,11 +52,15 @@ def config_map(spec: TrainingJobSpec, meta: Meta, config: dict[str, Any]) -> dic
     )
 
 
+def _cpu(cores: float) -> str:
+    """CPU as the API server writes it back ("2", "500m"), so a re-apply compares equal."""
+    return str(int(cores)) if float(cores).is_integer() else f"{round(cores * 1000)}m"
+
+
 def _worker_resources(spec: TrainingJobSpec) -> Resources:
     dist = spec.distribution
-    # One pod runs every worker when there is no KubeRay: it needs their sum.
     return Resources(
-        cpu=str(dist.cpu_per_worker),
+        cpu=_cpu(dist.cpu_per_worker),
         memory=dist.memory_per_worker,
         gpu=dist.gpu_per_worker,
     )
@@ -80,6 +84,7 @@ def _pod_spec(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, im
         "env": [*common.downward_env(),
                 # Ray keeps its session files under /tmp; the root filesystem is read-only.
                 {"name": "RAY_TMPDIR", "value": "/tmp/ray"}],
+        "envFrom": project.storage_env_from(project_spec),
         "resources": common.resource_requirements(resources),
         "securityContext": common.restricted_container_security(),
         "volumeMounts": mounts,
@@ -95,10 +100,10 @@ def _pod_spec(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, im
 
 
 def batch_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str) -> dict[str, Any]:
-    """Without KubeRay: one pod that starts a local Ray and runs every worker in it."""
+    """Without KubeRay: one pod that starts a local Ray and runs every worker in it (so it needs their sum)."""
     dist = spec.distribution
-    resources = Resources(
-        cpu=str(dist.cpu_per_worker * dist.workers),
+    resources = Resources.model_construct(
+        cpu=_cpu(dist.cpu_per_worker * dist.workers),
         memory=dist.memory_per_worker if dist.workers == 1 else _times(dist.memory_per_worker, dist.workers),
         gpu=dist.gpu_per_worker * dist.workers,
     )
