@@ -36,7 +36,7 @@ binaries: ## build (or reuse from ~/.cache/mlcycle) etcd, kube-*, kwok, kubectl 
 cluster-up: binaries ## start the local control plane in the background and print its KUBECONFIG
 	$(HARNESS) up
 
-cluster-down: ## stop every process cluster-up started
+cluster-down: ## stop every process cluster-up (or demo) started
 	$(HARNESS) down
 
 CRD_DIRS := crds charts/mlcycle/crds
@@ -63,13 +63,8 @@ test-e2e: setup system-deps binaries ## end-to-end tests
 test: setup system-deps binaries lint ## everything CI runs: lint, then unit, integration and e2e tests
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
-demo: setup system-deps cluster-up ## the main job (for now: the local control plane, ready for the operator)
-	@echo
-	@echo "The local control plane is up (make cluster-down stops it)."
-	@echo "  export KUBECONFIG=$${MLCYCLE_CLUSTER_DIR:-/tmp/mlcycle-cluster}/kubeconfig"
-	@echo "  kubectl get nodes   # kubectl is built into ~/.cache/mlcycle/bin/kubernetes-*/"
-	@echo "Next: the operator and the four kinds (MLProject, TrainingJob, ModelDeployment, DriftMonitor)"
-	@echo "are not implemented yet; once they are, this target installs them and runs the churn example."
+demo: setup system-deps binaries ## the main job: local control plane + CRDs + operator + the churn example
+	$(BIN)/python hack/demo.py
 
 clean: ## remove the virtual environment and caches in the repo (not the binary cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

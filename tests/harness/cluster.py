@@ -66,9 +66,9 @@ def kubeconfig(server: str, ca_cert: Path, client_cert: Path, client_key: Path, 
     }
 
 
-def fake_node(name: str, *, gpus: int = 0) -> dict:
+def fake_node(name: str, *, gpus: int = 0, max_pods: int = 110) -> dict:
     """A KWOK node. GPU nodes carry the usual taint so only pods that ask for a GPU land there."""
-    capacity = {"cpu": "16", "memory": "64Gi", "pods": "110"}
+    capacity = {"cpu": "16", "memory": "64Gi", "pods": str(max_pods)}
     labels = {
         "type": "kwok",
         "kubernetes.io/hostname": name,
@@ -105,6 +105,7 @@ class LocalCluster:
     binaries: dict[str, Path]
     nodes: int = 2
     gpu_nodes: int = 1
+    max_pods: int = 110  # per fake node; benchmarks raise it so thousands of pods can be scheduled
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -332,7 +333,7 @@ class LocalCluster:
             path.chmod(0o600)
 
     def _create_nodes(self) -> None:
-        nodes = [fake_node(f"kwok-node-{i}") for i in range(self.nodes)]
+        nodes = [fake_node(f"kwok-node-{i}", max_pods=self.max_pods) for i in range(self.nodes)]
         nodes += [fake_node(f"kwok-gpu-node-{i}", gpus=4) for i in range(self.gpu_nodes)]
         for node in nodes:
             self._request("POST", "/api/v1/nodes", node)

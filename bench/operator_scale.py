@@ -1,0 +1,228 @@
+"""How the operator keeps up: apply N ModelDeployments (and N TrainingJobs) to the local control plane and
+measure, per object, the time from its create call to the moment all of its children exist; the total time
+until every child exists; and the operator's peak RSS.
+
+Baseline, in the same run: the same children created directly by this process (no operator), which is what
+the control plane itself costs. Prints figures; asserts nothing.
+
+    .venv/bin/python bench/operator_scale.py --count 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+from kubernetes import client, config, watch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.harness import binaries  # noqa: E402
+from tests.harness.cluster import LocalCluster, free_port  # noqa: E402
+
+NAMESPACE = "bench"
+DESIRED = {"Deployment", "Service", "ConfigMap", "Job"}  # the kinds the operator creates for these objects
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+class Seen:
+    """First time each child (kind/name) was seen, from watches on the bench namespace."""
+
+    def __init__(self, api: client.ApiClient):
+        self.times: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        core, apps, batch = client.CoreV1Api(api), client.AppsV1Api(api), client.BatchV1Api(api)
+        for kind, lister in (("Deployment", apps.list_namespaced_deployment),
+                             ("Service", core.list_namespaced_service),
+                             ("ConfigMap", core.list_namespaced_config_map),
+                             ("Job", batch.list_namespaced_job)):
+            threading.Thread(target=self._watch, args=(kind, lister), daemon=True).start()
+
+    def _watch(self, kind: str, lister) -> None:
+        while not self.stop.is_set():
+            for event in watch.Watch().stream(lister, NAMESPACE, timeout_seconds=5):
+                if event["type"] == "ADDED":
+                    with self.lock:
+                        self.times.setdefault(f"{kind}/{event['object'].metadata.name}", time.monotonic())
+
+    def when(self, keys: list[str]) -> float | None:
+        with self.lock:
+            found = [self.times.get(k) for k in keys]
+        return None if any(t is None for t in found) else max(found)
+
+
+def md_children(name: str) -> list[str]:
+    return [f"Deployment/{name}-v-v1", f"Service/{name}-v-v1", f"ConfigMap/{name}-v-v1",
+            f"Deployment/{name}-router", f"Service/{name}", f"ConfigMap/{name}-router"]
+
+
+def tj_children(name: str) -> list[str]:
+    return [f"ConfigMap/{name}-train-config", f"Job/{name}-train"]
+
+
+def model_deployment(name: str) -> dict:
+    return {"apiVersion": "mlcycle.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": name},
+            "spec": {"project": "bench", "model": {"name": "m", "version": "v1"},
+                     "serving": {"replicas": 1, "resources": {"cpu": "100m", "memory": "128Mi"}}}}
+
+
+def training_job(name: str) -> dict:
+    return {"apiVersion": "mlcycle.io/v1alpha1", "kind": "TrainingJob", "metadata": {"name": name},
+            "spec": {"project": "bench", "data": {"source": {"uri": "file:///data/x.parquet"}, "labelColumn": "y"},
+                     "model": {"framework": "xgboost"}, "output": {"modelName": "m"}}}
+
+
+PLURAL = {"ModelDeployment": "modeldeployments", "TrainingJob": "trainingjobs"}
+
+
+def run_kind(api: client.ApiClient, seen: Seen, kind: str, count: int, children, build, timeout: float) -> dict:
+    objects = client.CustomObjectsApi(api)
+    prefix = "md" if kind == "ModelDeployment" else "tj"
+    created: dict[str, float] = {}
+
+    def create(i: int) -> None:
+        name = f"{prefix}{i:04d}"
+        created[name] = time.monotonic()
+        objects.create_namespaced_custom_object("mlcycle.io", "v1alpha1", NAMESPACE, PLURAL[kind], build(name))
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(4) as pool:  # like `kubectl apply -f dir/` from a CI job: a few requests at once
+        list(pool.map(create, range(count)))
+    applied = time.monotonic() - start
+    deadline = start + timeout
+    latencies: dict[str, float] = {}
+    while len(latencies) < count and time.monotonic() < deadline:
+        for name, t0 in created.items():
+            if name not in latencies:
+                done = seen.when(children(name))
+                if done is not None:
+                    latencies[name] = done - t0
+        time.sleep(0.5)
+    values = list(latencies.values())
+    return {
+        "kind": kind, "count": count, "apply_seconds": round(applied, 1),
+        "all_children_seconds": round(max(created[n] + latencies[n] for n in latencies) - start, 1) if values else None,
+        "complete": len(values), "p50_seconds": round(statistics.median(values), 2) if values else None,
+        "p99_seconds": round(percentile(values, 0.99), 2) if values else None,
+        "max_seconds": round(max(values), 2) if values else None,
+    }
+
+
+def baseline(api: client.ApiClient, seen: Seen, count: int) -> dict:
+    """The same six children per deployment, created directly: the control plane's own cost."""
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
+    latencies = []
+    start = time.monotonic()
+
+    def create(i: int) -> None:
+        name = f"base{i:04d}"
+        t0 = time.monotonic()
+        labels = {"app": name}
+        for suffix in ("-v-v1", "-router"):
+            core.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": name + suffix}, "data": {"a": "b"}})
+            apps.create_namespaced_deployment(NAMESPACE, {
+                "metadata": {"name": name + suffix},
+                "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "c", "image": "example.invalid/x:1"}]}}}})
+        for service in (name + "-v-v1", name):
+            core.create_namespaced_service(NAMESPACE, {"metadata": {"name": service},
+                                                       "spec": {"selector": labels, "ports": [{"port": 80}]}})
+        latencies.append(time.monotonic() - t0)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(create, range(count)))
+    return {"kind": "baseline: same children created directly", "count": count,
+            "all_children_seconds": round(time.monotonic() - start, 1),
+            "p50_seconds": round(statistics.median(latencies), 3), "p99_seconds": round(percentile(latencies, 0.99), 3)}
+
+
+def rss_mib(pid: int, field: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args()
+
+    cluster = LocalCluster(directory=Path(tempfile.mkdtemp(prefix="mlcycle-bench-")),
+                           binaries=binaries.ensure_all(), nodes=4, gpu_nodes=0, max_pods=2000)
+    cluster.start()
+    print(f"[bench] {args.count} of each kind; cluster in {cluster.directory}", flush=True)
+    operator = None
+    try:
+        api = config.new_client_from_config(str(cluster.kubeconfig_path))
+        ext = client.ApiextensionsV1Api(api)
+        for crd in sorted((ROOT / "crds").glob("*.yaml")):
+            ext.create_custom_resource_definition(yaml.safe_load(crd.read_text()))
+        time.sleep(2)
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
+        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path), "MLCYCLE_LOG_LEVEL": "WARNING",
+               "MLCYCLE_METRICS_PORT": str(free_port()), "MLCYCLE_HEALTH_PORT": str(health := free_port())}
+        with open(cluster.directory / "operator.log", "wb") as log:
+            operator = subprocess.Popen([sys.executable, "-m", "mlcycle_operator"], env=env, stdout=log,
+                                        stderr=subprocess.STDOUT)
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.2)
+        idle_rss = rss_mib(operator.pid, "VmRSS")
+        client.CustomObjectsApi(api).create_namespaced_custom_object(
+            "mlcycle.io", "v1alpha1", NAMESPACE, "mlprojects",
+            {"apiVersion": "mlcycle.io/v1alpha1", "kind": "MLProject", "metadata": {"name": "bench"},
+             "spec": {"objective": {"businessMetric": "bench", "metric": {"name": "auc"}}, "owners": ["b@x"],
+                      "storage": {"uri": "file:///models"}}})
+        seen = Seen(api)
+
+        def report(result: dict) -> None:  # as soon as each figure exists: a long run may be cut short
+            print(json.dumps(result), flush=True)
+
+        report(run_kind(api, seen, "ModelDeployment", args.count, md_children, model_deployment, args.timeout))
+        report({"operator_rss_mib": {"now": round(rss_mib(operator.pid, "VmRSS"), 1),
+                                     "peak": round(rss_mib(operator.pid, "VmHWM"), 1)},
+                "objects": args.count + 1, "idle_before": round(idle_rss, 1)})
+        report(run_kind(api, seen, "TrainingJob", args.count, tj_children, training_job, args.timeout))
+        time.sleep(10)  # the operator keeps reconciling (timers): let RSS settle at its working size
+        report({"operator_rss_mib": {"now": round(rss_mib(operator.pid, "VmRSS"), 1),
+                                     "peak": round(rss_mib(operator.pid, "VmHWM"), 1)},
+                "objects": 2 * args.count + 1})
+        if not args.no_baseline:
+            report(baseline(api, seen, args.count))
+        seen.stop.set()
+        print(f"\ntargets (DESIGN.md): apply -> children p50 <= 1 s; {args.count} ModelDeployments within 60 s; "
+              "RSS <= 200 MB with 1,000 resources")
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(timeout=15)
+        cluster.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
