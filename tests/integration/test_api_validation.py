@@ -123,6 +123,7 @@ MALFORMED = [
      "greater than or equal to 0"),
     ("DriftMonitor", {"spec.window": "forever"}, "spec.window", "should match"),
     ("DriftMonitor", {"spec.deployment": DELETE}, "spec.deployment", "Required value"),
+    ("ModelDeployment", {"metadata.name": "churn-" + "x" * 60}, "<nil>", "metadata.name must be at most 63 characters"),
 ]
 
 

@@ -246,8 +246,7 @@ def crd(kind: Kind) -> dict[str, Any]:
                     "required": ["spec"],
                     "x-kubernetes-validations": [{
                         "rule": "size(self.metadata.name) <= 63",
-                        "message": "the name must be at most 63 characters: it becomes Service names and labels",
-                        "fieldPath": ".metadata.name",
+                        "message": "metadata.name must be at most 63 characters: it becomes Service names and labels",
                     }],
                     "properties": {
                         "apiVersion": {"type": "string", "description": "API version: mlcycle.io/v1alpha1."},
