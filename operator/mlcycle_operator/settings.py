@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from typing import Any
 
 import kopf
@@ -42,6 +43,9 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # Two replicas coordinate through Kopf peering when its CRDs exist; one replica does not need them.
     settings.peering.name = config.peering
     settings.peering.mandatory = False
+    # Kopf pauses every replica that shares the highest priority with another; distinct priorities let
+    # exactly one replica work while the others stand by.
+    settings.peering.priority = random.randint(1, 2**31 - 1)
     settings.peering.clusterwide = not config.watch_namespaces
     logger.info("mlcycle operator configured: prometheus=%s namespaces=%s runtime image=%s",
                 config.prometheus_url or "(none: analysis is inconclusive)",

@@ -24,6 +24,8 @@ VERSION_ANNOTATION = "mlcycle.io/model-version"
 # Set by a TrainingJob whose model passed its gates on the deployments that track that model: an annotation
 # change is an update event, so the deployment reconciles at once.
 NUDGE_ANNOTATION = "mlcycle.io/new-model"
+# Set when a child Deployment becomes available (or stops being): the same kind of nudge.
+READY_ANNOTATION = "mlcycle.io/child-ready"
 HISTORY_LIMIT = 20
 # Decisions that change nothing a person would want an Event for (analysis failures get one regardless).
 QUIET_ACTIONS = {rollout.Action.NOTHING, rollout.Action.WAIT_READY, rollout.Action.HOLD, rollout.Action.ANALYSE}
@@ -97,24 +99,37 @@ def modeldeployment_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
     _reconcile(body, spec, status, patch, memo)
 
 
-def _settled(status: kopf.Status, **_: Any) -> bool:
-    """Serving, with no rollout under way: only a new model can change anything."""
-    return (status or {}).get("phase") == "Available" and not (status or {}).get("rollout")
+def _rolling_out(status: kopf.Status, **_: Any) -> bool:
+    return bool((status or {}).get("rollout"))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=3, idle=2, when=lambda **kw: not _settled(**kw))
+@kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=3, idle=2, when=_rolling_out)
 def modeldeployment_progress(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
                              memo: Any, **_: Any) -> None:
-    """Level-based, every few seconds while something moves: replicas becoming ready, analysis intervals."""
+    """Every few seconds during a rollout: pauses end and analysis runs fall due by the clock."""
     _reconcile(body, spec, status, patch, memo)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=60, initial_delay=30, idle=10, when=_settled)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=60, initial_delay=30, idle=10,
+            when=lambda **kw: not _rolling_out(**kw))
 def modeldeployment_resync(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
                            memo: Any, **_: Any) -> None:
-    """A slow safety net for settled deployments (a thousand of them must not keep the operator busy); new gated
-    models normally arrive at once through the nudge that TrainingJobs give (NUDGE_ANNOTATION)."""
+    """A slow safety net otherwise (a thousand deployments must not keep the operator busy): replicas
+    becoming ready arrive through modeldeployment_child_ready, new gated models through NUDGE_ANNOTATION."""
     _reconcile(body, spec, status, patch, memo)
+
+
+@kopf.on.field("apps", "v1", "deployments", field="status.availableReplicas",
+               labels={"app.kubernetes.io/managed-by": "mlcycle-operator", "mlcycle.io/owner-kind": "modeldeployment"})
+def modeldeployment_child_ready(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
+    """A server or router gained or lost available replicas: nudge its ModelDeployment to look now."""
+    if bool(old) == bool(new):
+        return  # only becoming available (or losing all of it) changes a decision
+    owner = next((ref["name"] for ref in body["metadata"].get("ownerReferences") or []
+                  if ref.get("kind") == "ModelDeployment"), None)
+    if owner:
+        kube.patch_annotations(API_VERSION, "ModelDeployment", body["metadata"]["namespace"], owner,
+                               {READY_ANNOTATION: f"{body['metadata']['name']}={new or 0}"})
 
 
 def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: Any) -> None:
@@ -167,11 +182,13 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         if md.service_monitor and kube.resource_served("monitoring.coreos.com/v1", "servicemonitors"):
             children.append(builders.service_monitor(md, meta))
         _children.apply_owned(body, children)
-        keep = {builders.version_name(meta.name, v) for v in serve}
-        selector = f"{LABEL_INSTANCE}={meta.name},{LABEL_COMPONENT}=model-server"
-        for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"),
-                                  ("autoscaling/v2", "HorizontalPodAutoscaler"), ("policy/v1", "PodDisruptionBudget")):
-            _children.prune(body, api_version, kind, meta.namespace, selector, keep)
+        if existing - set(serve):  # a version left the routing table: remove its server and companions
+            keep = {builders.version_name(meta.name, v) for v in serve}
+            selector = f"{LABEL_INSTANCE}={meta.name},{LABEL_COMPONENT}=model-server"
+            for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"),
+                                      ("autoscaling/v2", "HorizontalPodAutoscaler"),
+                                      ("policy/v1", "PodDisruptionBudget")):
+                _children.prune(body, api_version, kind, meta.namespace, selector, keep)
 
         new = _status_from(decision, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions))
         _status.write(patch, status, new)
