@@ -125,6 +125,25 @@ def run_kind(api: client.ApiClient, seen: Seen, kind: str, count: int, children,
     }
 
 
+def steady(api: client.ApiClient, seen: Seen, count: int, gap: float) -> dict:
+    """One ModelDeployment at a time, `gap` seconds apart: the latency a user sees on an idle operator."""
+    objects = client.CustomObjectsApi(api)
+    latencies = []
+    for i in range(count):
+        name = f"steady{i:03d}"
+        t0 = time.monotonic()
+        objects.create_namespaced_custom_object("mlcycle.io", "v1alpha1", NAMESPACE, "modeldeployments",
+                                                model_deployment(name))
+        while (done := seen.when(md_children(name))) is None and time.monotonic() - t0 < 60:
+            time.sleep(0.02)
+        if done is not None:
+            latencies.append(done - t0)
+        time.sleep(gap)
+    return {"kind": "ModelDeployment, one at a time", "count": count, "complete": len(latencies),
+            "p50_seconds": round(statistics.median(latencies), 3) if latencies else None,
+            "p99_seconds": round(percentile(latencies, 0.99), 3) if latencies else None}
+
+
 def baseline(api: client.ApiClient, seen: Seen, count: int) -> dict:
     """The same six children per deployment, created directly: the control plane's own cost."""
     core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
@@ -165,6 +184,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=300)
+    parser.add_argument("--steady", type=int, default=20, help="deployments applied one at a time first")
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
 
@@ -180,6 +200,13 @@ def main() -> int:
             ext.create_custom_resource_definition(yaml.safe_load(crd.read_text()))
         time.sleep(2)
         client.CoreV1Api(api).create_namespace({"metadata": {"name": NAMESPACE}})
+        seen = Seen(api)
+
+        def report(result: dict) -> None:  # as soon as each figure exists: a long run may be cut short
+            print(json.dumps(result), flush=True)
+
+        if not args.no_baseline:  # before the operator starts, so that nothing else loads the control plane
+            report(baseline(api, seen, args.count))
         env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path), "MLCYCLE_LOG_LEVEL": "WARNING",
                "MLCYCLE_METRICS_PORT": str(free_port()), "MLCYCLE_HEALTH_PORT": str(health := free_port())}
         with open(cluster.directory / "operator.log", "wb") as log:
@@ -197,22 +224,16 @@ def main() -> int:
             {"apiVersion": "mlcycle.io/v1alpha1", "kind": "MLProject", "metadata": {"name": "bench"},
              "spec": {"objective": {"businessMetric": "bench", "metric": {"name": "auc"}}, "owners": ["b@x"],
                       "storage": {"uri": "file:///models"}}})
-        seen = Seen(api)
-
-        def report(result: dict) -> None:  # as soon as each figure exists: a long run may be cut short
-            print(json.dumps(result), flush=True)
-
+        report(steady(api, seen, args.steady, gap=0.5))
         report(run_kind(api, seen, "ModelDeployment", args.count, md_children, model_deployment, args.timeout))
         report({"operator_rss_mib": {"now": round(rss_mib(operator.pid, "VmRSS"), 1),
                                      "peak": round(rss_mib(operator.pid, "VmHWM"), 1)},
-                "objects": args.count + 1, "idle_before": round(idle_rss, 1)})
+                "objects": args.count + args.steady + 1, "idle_before": round(idle_rss, 1)})
         report(run_kind(api, seen, "TrainingJob", args.count, tj_children, training_job, args.timeout))
         time.sleep(10)  # the operator keeps reconciling (timers): let RSS settle at its working size
         report({"operator_rss_mib": {"now": round(rss_mib(operator.pid, "VmRSS"), 1),
                                      "peak": round(rss_mib(operator.pid, "VmHWM"), 1)},
-                "objects": 2 * args.count + 1})
-        if not args.no_baseline:
-            report(baseline(api, seen, args.count))
+                "objects": 2 * args.count + args.steady + 1})
         seen.stop.set()
         print(f"\ntargets (DESIGN.md): apply -> children p50 <= 1 s; {args.count} ModelDeployments within 60 s; "
               "RSS <= 200 MB with 1,000 resources")
