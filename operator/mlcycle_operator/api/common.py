@@ -51,6 +51,11 @@ class ApiModel(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
 
+def validations(*rules: dict) -> ConfigDict:
+    """The base config plus CEL rules (x-kubernetes-validations) that the generated CRD carries."""
+    return ConfigDict(**ApiModel.model_config, json_schema_extra={"x-kubernetes-validations": list(rules)})
+
+
 class Resources(ApiModel):
     """CPU, memory and GPUs for one pod or worker."""
 

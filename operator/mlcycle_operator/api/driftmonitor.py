@@ -7,11 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import ApiModel, Duration, FreeForm, Name, Resources, StatusBase
-
-
-def _rules(*rules: dict) -> dict:
-    return ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": list(rules)}}
+from .common import ApiModel, Duration, FreeForm, Name, Resources, StatusBase, validations
 
 
 class Reference(ApiModel):
@@ -22,7 +18,7 @@ class Reference(ApiModel):
     )
     uri: str | None = Field(None, description="Reference data (source Uri).")
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "(self.source == 'Uri') == has(self.uri)",
         "message": "uri is required for source Uri and only allowed there", "fieldPath": ".uri",
     })
@@ -56,7 +52,7 @@ class DriftTests(ApiModel):
         default_factory=lambda: DriftTest(method="chiSquared", threshold=0.01), description="For categorical features."
     )
 
-    model_config = _rules(
+    model_config = validations(
         {"rule": "self.numeric.method in ['psi', 'ks', 'wasserstein', 'jensenShannon']",
          "message": "numeric tests are psi, ks, wasserstein or jensenShannon", "fieldPath": ".numeric.method"},
         {"rule": "self.categorical.method in ['chiSquared', 'psi', 'jensenShannon']",
@@ -96,7 +92,7 @@ class MonitorAutoscaling(ApiModel):
     min_replicas: int = Field(1, ge=1, description="Fewest replicas.")
     max_replicas: int = Field(3, ge=1, le=50, description="Most replicas.")
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "self.minReplicas <= self.maxReplicas",
         "message": "minReplicas must not exceed maxReplicas", "fieldPath": ".minReplicas",
     })

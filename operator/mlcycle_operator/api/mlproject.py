@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import ApiModel, Duration, Quantity, Resources, StatusBase
+from .common import ApiModel, Duration, Quantity, Resources, StatusBase, validations
 
 
 class ObjectiveMetric(ApiModel):
@@ -46,12 +46,8 @@ class Storage(ApiModel):
         None, description="Secret with credentials for s3:// (AWS_ACCESS_KEY_ID, ..., AWS_ENDPOINT_URL)."
     )
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [
-            {"rule": "!has(self.pvc) || self.uri.startsWith('pvc://')",
-             "message": "pvc settings apply only to pvc:// storage", "fieldPath": ".pvc"},
-        ]},
-    }
+    model_config = validations({"rule": "!has(self.pvc) || self.uri.startsWith('pvc://')",
+                                "message": "pvc settings apply only to pvc:// storage", "fieldPath": ".pvc"})
 
 
 class OfflineStore(ApiModel):
@@ -68,12 +64,9 @@ class OnlineStore(ApiModel):
     path: str | None = Field(None, description="SQLite database path (sqlite).")
     connection_string: str | None = Field(None, description="host:port[,password=...] (redis).")
 
-    model_config = ApiModel.model_config | {
-        "json_schema_extra": {"x-kubernetes-validations": [
-            {"rule": "self.type != 'redis' || has(self.connectionString)",
-             "message": "a redis online store needs connectionString", "fieldPath": ".connectionString"},
-        ]},
-    }
+    model_config = validations({"rule": "self.type != 'redis' || has(self.connectionString)",
+                                "message": "a redis online store needs connectionString",
+                                "fieldPath": ".connectionString"})
 
 
 class Materialization(ApiModel):

@@ -7,11 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import ApiModel, Duration, LabelSelector, Name, Resources, StatusBase
-
-
-def _rules(*rules: dict) -> dict:
-    return ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": list(rules)}}
+from .common import ApiModel, Duration, LabelSelector, Name, Resources, StatusBase, validations
 
 
 class ModelTrack(ApiModel):
@@ -30,7 +26,7 @@ class ModelRef(ApiModel):
     uri: str | None = Field(None, description="Pinned model URI (s3://, pvc://, file://).")
     track: ModelTrack | None = Field(None, description="Track gated TrainingJobs.")
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "[has(self.version), has(self.uri), has(self.track)].filter(x, x).size() == 1",
         "message": "set exactly one of model.version, model.uri, model.track",
     })
@@ -55,7 +51,7 @@ class Autoscaling(ApiModel):
         None, ge=1, description="Requests per second per replica to hold (needs a custom-metrics adapter)."
     )
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "self.minReplicas <= self.maxReplicas",
         "message": "minReplicas must not exceed maxReplicas", "fieldPath": ".minReplicas",
     })
@@ -98,7 +94,7 @@ class AnalysisMetric(ApiModel):
     threshold: float = Field(description="Limit the value is compared against.")
     comparison: Literal["lessThan", "greaterThan"] = Field("lessThan", description="Healthy when value < or > limit.")
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "(self.type == 'promql') == has(self.query)",
         "message": "query is required for type promql and only allowed there", "fieldPath": ".query",
     })
@@ -123,7 +119,7 @@ class Canary(ApiModel):
     )
     analysis: Analysis = Field(default_factory=Analysis, description="Analysis during every step.")
 
-    model_config = _rules({
+    model_config = validations({
         # isSorted() allows equal neighbours; exists_one() rules them out.
         "rule": "self.steps.map(s, s.weight).isSorted()"
                 " && self.steps.all(a, self.steps.exists_one(b, b.weight == a.weight))",
@@ -157,7 +153,7 @@ class Strategy(ApiModel):
     shadow: Shadow | None = Field(None, description="Shadow settings (type Shadow).")
     blue_green: BlueGreen | None = Field(None, description="Blue-green settings (type BlueGreen).")
 
-    model_config = _rules(
+    model_config = validations(
         {"rule": "!has(self.canary) || self.type == 'Canary'", "message": "canary settings need type Canary",
          "fieldPath": ".canary"},
         {"rule": "!has(self.shadow) || self.type == 'Shadow'", "message": "shadow settings need type Shadow",

@@ -7,11 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import ApiModel, Duration, FreeForm, Name, Quantity, StatusBase
-
-
-def _rules(*rules: dict) -> dict:
-    return ApiModel.model_config | {"json_schema_extra": {"x-kubernetes-validations": list(rules)}}
+from .common import ApiModel, Duration, FreeForm, Name, Quantity, StatusBase, validations
 
 
 class EntitySource(ApiModel):
@@ -28,7 +24,7 @@ class TimeSplit(ApiModel):
     validation_fraction: float = Field(0.2, gt=0, lt=1, description="Share of the latest rows before test.")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the latest rows held out for the report.")
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "self.validationFraction + self.testFraction < 1.0",
         "message": "validationFraction + testFraction must leave rows to train on",
         "fieldPath": ".validationFraction",
@@ -44,7 +40,7 @@ class Data(ApiModel):
     label_column: str = Field(description="Column with the target.")
     split: TimeSplit = Field(default_factory=TimeSplit, description="Time-based train/validation/test split.")
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "!(has(self.featureService) && size(self.features) > 0)",
         "message": "set featureService or features, not both",
         "fieldPath": ".featureService",
@@ -61,7 +57,7 @@ class ColumnRule(ApiModel):
     allowed_values: list[str] = Field(default_factory=list, description="Allowed values (categorical columns).")
     max_missing_fraction: float = Field(0.0, ge=0, le=1, description="Largest share of nulls tolerated.")
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "!has(self.min) || !has(self.max) || self.min <= self.max",
         "message": "min must not exceed max", "fieldPath": ".min",
     })
@@ -86,7 +82,7 @@ class Model(ApiModel):
     task: Literal["binary", "multiclass", "regression"] = Field("binary", description="Prediction task.")
     params: FreeForm = Field(default_factory=dict, description="Fixed hyper-parameters passed to the learner.")
 
-    model_config = _rules({
+    model_config = validations({
         "rule": "(self.framework == 'custom') == has(self.entrypoint)",
         "message": "entrypoint is required for framework custom and only allowed there",
         "fieldPath": ".entrypoint",
@@ -105,7 +101,7 @@ class SearchDimension(ApiModel):
         default_factory=list, max_length=100, description='Candidates (choice, grid), as strings: "3", "0.1", "gbtree".'
     )
 
-    model_config = _rules(
+    model_config = validations(
         {"rule": "!(self.type in ['uniform', 'loguniform', 'randint']) || (has(self.lower) && has(self.upper))",
          "message": "uniform, loguniform and randint need lower and upper", "fieldPath": ".lower"},
         {"rule": "!has(self.lower) || !has(self.upper) || self.lower < self.upper",
@@ -180,7 +176,7 @@ class TrainingJobSpec(ApiModel):
     """Desired state of a TrainingJob. Immutable once the job has started."""
 
     # A run is a record: its spec must say what actually ran. Change means a new TrainingJob.
-    model_config = _rules({
+    model_config = validations({
         "rule": "self == oldSelf",
         "message": "a TrainingJob's spec is immutable once created; create a new TrainingJob instead",
     })

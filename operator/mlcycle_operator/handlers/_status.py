@@ -38,3 +38,14 @@ def parse_spec(model: type[M], spec: dict[str, Any], body: kopf.Body, patch: kop
         write(patch, status, {"conditions": conditions, "observedGeneration": generation})
         _events.warning(body, cond.INVALID_SPEC, problems)
         raise kopf.PermanentError(problems) from err
+
+
+def waiting_for(body: kopf.Body, patch: kopf.Patch, status: dict[str, Any] | None, condition: str, reason: str,
+                message: str) -> None:
+    """A dependency (project, deployment) is missing: say so in phase Pending, a False condition and, when
+    that is news, a Warning Event."""
+    generation = body["metadata"].get("generation")
+    conditions = cond.set_condition(list((status or {}).get("conditions", [])), condition, False, reason, message,
+                                    generation)
+    if write(patch, status, {"phase": "Pending", "conditions": conditions, "observedGeneration": generation}):
+        _events.warning(body, reason, message)

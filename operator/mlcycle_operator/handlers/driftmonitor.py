@@ -41,11 +41,7 @@ def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
         deployment = kube.get(API_VERSION, "ModelDeployment", meta.namespace, monitor.deployment)
         if deployment is None:
             message = f"ModelDeployment {monitor.deployment} does not exist in namespace {meta.namespace}"
-            conditions = cond.set_condition(list(old.get("conditions", [])), cond.READY, False,
-                                            cond.DEPLOYMENT_NOT_FOUND, message, meta.generation)
-            if _status.write(patch, status, {"phase": "Pending", "conditions": conditions,
-                                             "observedGeneration": meta.generation}):
-                _events.warning(body, cond.DEPLOYMENT_NOT_FOUND, message)
+            _status.waiting_for(body, patch, status, cond.READY, cond.DEPLOYMENT_NOT_FOUND, message)
             raise kopf.TemporaryError(message, delay=15)
         project_name = deployment["spec"]["project"]
         project = kube.get(API_VERSION, "MLProject", meta.namespace, project_name)

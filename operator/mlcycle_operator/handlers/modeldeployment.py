@@ -140,11 +140,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         project = kube.get(API_VERSION, "MLProject", meta.namespace, md.project)
         if project is None:
             message = f"MLProject {md.project} does not exist in namespace {meta.namespace}"
-            conditions = cond.set_condition(list(old.get("conditions", [])), cond.READY, False,
-                                            cond.PROJECT_NOT_FOUND, message, meta.generation)
-            if _status.write(patch, status, {"phase": "Pending", "conditions": conditions,
-                                             "observedGeneration": meta.generation}):
-                _events.warning(body, cond.PROJECT_NOT_FOUND, message)
+            _status.waiting_for(body, patch, status, cond.READY, cond.PROJECT_NOT_FOUND, message)
             return
         project_spec = MLProjectSpec.model_validate(project["spec"])
         jobs = kube.list_objects(API_VERSION, "TrainingJob", meta.namespace) if md.model.track else []

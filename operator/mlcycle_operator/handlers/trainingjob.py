@@ -38,11 +38,7 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
         project = kube.get(API_VERSION, "MLProject", meta.namespace, job.project)
         if project is None:
             message = f"MLProject {job.project} does not exist in namespace {meta.namespace}; waiting for it"
-            conditions = cond.set_condition(list(old.get("conditions", [])), cond.PROGRESSING, False,
-                                            cond.PROJECT_NOT_FOUND, message, meta.generation)
-            if _status.write(patch, status, {"phase": "Pending", "conditions": conditions,
-                                             "observedGeneration": meta.generation}):
-                _events.warning(body, cond.PROJECT_NOT_FOUND, message)
+            _status.waiting_for(body, patch, status, cond.PROGRESSING, cond.PROJECT_NOT_FOUND, message)
             raise kopf.TemporaryError(message, delay=15)
         project_spec = MLProjectSpec.model_validate(project["spec"])
         champion = (project.get("status") or {}).get("champion")
