@@ -16,6 +16,7 @@ import urllib.request
 
 from .api.modeldeployment import AnalysisMetric, MetricMeasurement
 from .metrics import ANALYSIS_QUERIES
+from .rollout import ShadowStats
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 REQUESTS = "mlcycle_router_requests_total"
 LATENCY = "mlcycle_router_request_duration_seconds_bucket"
 DRIFT = "mlcycle_drift_score"
+SHADOW = "mlcycle_router_shadow_comparisons_total"  # labels: result="agree"|"disagree", version = the shadow
 
 DEFAULT_METRICS = [
     AnalysisMetric(name="error-rate", type="errorRate", threshold=0.05),
@@ -81,3 +83,33 @@ def measure(prometheus_url: str | None, metrics: list[AnalysisMetric], namespace
         measurements.append(MetricMeasurement(name=metric.name, value=value, threshold=metric.threshold,
                                               passed=passed))
     return measurements
+
+
+def shadow_stats(prometheus_url: str | None, namespace: str, deployment: str, stable: str, candidate: str,
+                 window: str, timeout: float = 5.0) -> ShadowStats | None:
+    """Mirrored requests compared by the router over the window: how many, the share that agreed, and the
+    candidate's p99 latency over the stable version's. None when Prometheus cannot be asked."""
+    if not prometheus_url:
+        return None
+
+    def sel(version: str) -> str:
+        return f'namespace="{namespace}",deployment="{deployment}",version="{version}"'
+
+    def p99(version: str) -> str:
+        return f"histogram_quantile(0.99, sum by (le) (rate({LATENCY}{{{sel(version)}}}[{window}])))"
+
+    try:
+        total = instant_query(prometheus_url, f"sum(increase({SHADOW}{{{sel(candidate)}}}[{window}]))", timeout)
+        agreed = instant_query(
+            prometheus_url, f'sum(increase({SHADOW}{{{sel(candidate)},result="agree"}}[{window}])) or vector(0)',
+            timeout)
+        ratio = instant_query(prometheus_url, f"{p99(candidate)} / {p99(stable)}", timeout)
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("shadow comparison query failed: %s", err)
+        ANALYSIS_QUERIES.labels("unreachable").inc()
+        return None
+    ANALYSIS_QUERIES.labels("ok").inc()
+    if not total:
+        return ShadowStats(samples=0, agreement=float("nan"), latency_ratio=float("nan"))
+    return ShadowStats(samples=int(total), agreement=(agreed or 0.0) / total,
+                       latency_ratio=ratio if ratio is not None else float("nan"))

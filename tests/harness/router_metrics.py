@@ -20,6 +20,7 @@ class Series:
     error_rate: float = 0.0
     latency_seconds: float = 0.01
     requests_per_second: float = 50.0
+    agreement: float | None = None  # set for a shadow version: share of mirrored answers that agree
 
 
 class RouterMetrics:
@@ -32,6 +33,9 @@ class RouterMetrics:
         self.latency = Histogram("mlcycle_router_request_duration_seconds", "Upstream latency by version.",
                                  ["namespace", "deployment", "version"], registry=self.registry,
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.shadow = Counter("mlcycle_router_shadow_comparisons", "Mirrored requests compared with the stable "
+                              "answer, by shadow version and result.",
+                              ["namespace", "deployment", "version", "result"], registry=self.registry)
         self.series: dict[tuple[str, str, str], Series] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -65,6 +69,10 @@ class RouterMetrics:
                     self.requests.labels(*labels, "503").inc(errors)
                 for _ in range(count):
                     self.latency.labels(*labels).observe(series.latency_seconds)
+                if series.agreement is not None:
+                    agree = sum(self._random.random() < series.agreement for _ in range(count))
+                    self.shadow.labels(*labels, "agree").inc(agree)
+                    self.shadow.labels(*labels, "disagree").inc(count - agree)
 
     def stop(self) -> None:
         self._stop.set()

@@ -86,3 +86,32 @@ def test_failing_canary_is_rolled_back_within_interval_times_failure_limit(ml: M
     again = ml.status("ModelDeployment", "churn")
     assert again["stableVersion"] == "v1" and again.get("candidateVersion") is None
     assert [h["outcome"] for h in again["history"]].count("RolledBack") == 1
+
+
+def shadow_deployment(version: str) -> dict:
+    md = fast_canary_deployment(version)
+    md["spec"]["strategy"] = {"type": "Shadow", "shadow": {
+        "percent": 10, "duration": "6s", "minAgreement": 0.95, "maxLatencyRatio": 1.5, "minSamples": 50}}
+    return md
+
+
+@pytest.mark.parametrize(("agreement", "outcome"), [(0.99, "Promoted"), (0.70, "RolledBack")])
+def test_shadow_is_judged_on_the_routers_comparisons(ml: Mlcycle, router_metrics, agreement, outcome):
+    ml.create(EXAMPLES["MLProject"])
+    router_metrics.set(ml.namespace, "churn", "v1", error_rate=0.0)
+    ml.create(shadow_deployment("v1"))
+    wait_for(lambda: ml.status("ModelDeployment", "churn").get("phase") == "Available", timeout=90, what="v1")
+    router_metrics.set(ml.namespace, "churn", "v2", agreement=agreement, requests_per_second=20)
+    roll_out_v2(ml)
+    wait_for(lambda: "shadow" in (ml.status("ModelDeployment", "churn").get("trafficSummary") or ""),
+             timeout=60, what="v2 receiving mirrored traffic")
+    assert ml.status("ModelDeployment", "churn")["trafficSummary"] == "v1=100 v2=0+10%shadow"
+    def judged():
+        status = ml.status("ModelDeployment", "churn")
+        last = (status.get("history") or [{}])[-1]  # the first version's own entry comes before v2's
+        return last.get("version") == "v2" and last.get("outcome") == outcome and status
+
+    status = wait_for(judged, timeout=90, what=f"shadow of v2 {outcome}")
+    entry = status["history"][-1]
+    assert entry["version"] == "v2" and "agreement" in entry["reason"]
+    assert status["stableVersion"] == ("v2" if outcome == "Promoted" else "v1")

@@ -12,7 +12,7 @@ from .. import analysis, kube, rollout
 from .. import conditions as cond
 from ..api.common import API_VERSION, GROUP, VERSION
 from ..api.mlproject import MLProjectSpec
-from ..api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus
+from ..api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus, Shadow
 from ..metrics import ROLLOUT_DECISIONS, reconciling
 from ..resources import serving as builders
 from ..resources.common import LABEL_COMPONENT, LABEL_INSTANCE, Meta
@@ -154,9 +154,15 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         if candidate and candidate in ready and settings is not None:
             measurements = analysis.measure(memo.config.prometheus_url, settings.metrics, meta.namespace, meta.name,
                                             candidate, settings.interval, memo.config.prometheus_timeout)
+        shadow = None
+        if candidate and candidate in ready and md.strategy.type == "Shadow" and current.stable_version:
+            shadow_spec = md.strategy.shadow or Shadow()
+            shadow = analysis.shadow_stats(memo.config.prometheus_url, meta.namespace, meta.name,
+                                           current.stable_version, candidate, shadow_spec.duration,
+                                           memo.config.prometheus_timeout)
         observation = rollout.Observation(
             now=cond.now(), desired_version=desired, ready_versions=frozenset(ready),
-            existing_versions=frozenset(existing), measurements=measurements,
+            existing_versions=frozenset(existing), measurements=measurements, shadow=shadow,
         )
         decision = rollout.decide(md, current, observation)
         ROLLOUT_DECISIONS.labels(decision.action).inc()
