@@ -8,6 +8,7 @@ job ends Failed with the reason in words. `make cluster-down` stops everything t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -70,9 +71,17 @@ def main() -> int:
     print(f"operator log: {log_path}")
     step(f"applying examples/churn/manifests to namespace {NAMESPACE}")
     kubectl_run("create", "namespace", NAMESPACE)
+    # The example stores models on pvc://churn-models; this cluster has no volume provisioner, so a volume is
+    # bound to that claim in advance, as an administrator would.
+    volume = json.dumps({
+        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NAMESPACE}-models"},
+        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
+                 "hostPath": {"path": f"/tmp/{NAMESPACE}-models"}, "persistentVolumeReclaimPolicy": "Retain",
+                 "claimRef": {"namespace": NAMESPACE, "name": "churn-models"}}})
+    subprocess.run([kubectl, "apply", "-f", "-"], env=env, check=True, capture_output=True, text=True, input=volume)
     print(kubectl_run("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples" / "churn" / "manifests")), end="")
-    step("watching the resources for 30 s (kubectl get mlcycle)")
-    for _ in range(6):
+    step("watching the resources for 40 s (kubectl get mlcycle)")
+    for _ in range(8):
         time.sleep(5)
         print(kubectl_run("get", "mlcycle", "-n", NAMESPACE, check=False))
     step("what the TrainingJob says about itself")
