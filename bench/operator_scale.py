@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.harness import binaries  # noqa: E402
-from tests.harness.cluster import LocalCluster, free_port  # noqa: E402
+from tests.harness.cluster import LocalCluster  # noqa: E402
+from tests.harness.operator_process import start_operator  # noqa: E402
 
 NAMESPACE = "bench"
 DESIRED = {"Deployment", "Service", "ConfigMap", "Job"}  # the kinds the operator creates for these objects
@@ -207,17 +205,7 @@ def main() -> int:
 
         if not args.no_baseline:  # before the operator starts, so that nothing else loads the control plane
             report(baseline(api, seen, args.count))
-        env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path), "MLCYCLE_LOG_LEVEL": "WARNING",
-               "MLCYCLE_METRICS_PORT": str(free_port()), "MLCYCLE_HEALTH_PORT": str(health := free_port())}
-        with open(cluster.directory / "operator.log", "wb") as log:
-            operator = subprocess.Popen([sys.executable, "-m", "mlcycle_operator"], env=env, stdout=log,
-                                        stderr=subprocess.STDOUT)
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.2)
+        operator = start_operator(cluster, MLCYCLE_LOG_LEVEL="WARNING")
         idle_rss = rss_mib(operator.pid, "VmRSS")
         client.CustomObjectsApi(api).create_namespaced_custom_object(
             "mlcycle.io", "v1alpha1", NAMESPACE, "mlprojects",

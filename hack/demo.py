@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.harness import binaries  # noqa: E402
 from tests.harness.__main__ import DEFAULT_DIR  # noqa: E402
-from tests.harness.cluster import LocalCluster, Process, free_port, is_running  # noqa: E402
+from tests.harness.cluster import LocalCluster, is_running  # noqa: E402
+from tests.harness.operator_process import start_operator  # noqa: E402
 
 NAMESPACE = "churn-demo"
 
@@ -52,23 +52,8 @@ def main() -> int:
     kubectl_run("wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/name=mlcycle",
                 "--timeout=60s")
     step("starting the operator (python -m mlcycle_operator)")
-    health = free_port()
-    log_path = cluster.directory / "logs" / "operator.log"
-    with open(log_path, "ab") as log:
-        operator = subprocess.Popen(
-            [sys.executable, "-m", "mlcycle_operator"], stdout=log, stderr=subprocess.STDOUT,
-            env={**env, "MLCYCLE_METRICS_PORT": str(free_port()), "MLCYCLE_HEALTH_PORT": str(health)},
-            start_new_session=True,
-        )
-    cluster.processes.append(Process("operator", operator.pid, os.path.realpath(sys.executable), str(log_path)))
-    cluster.save_state()  # so that `make cluster-down` stops the operator too
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{health}/healthz", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.2)
-    print(f"operator log: {log_path}")
+    start_operator(cluster)  # recorded with the cluster: `make cluster-down` stops it too
+    print(f"operator log: {cluster.directory / 'logs' / 'operator.log'}")
     step(f"applying examples/churn/manifests to namespace {NAMESPACE}")
     kubectl_run("create", "namespace", NAMESPACE)
     # The example stores models on pvc://churn-models; this cluster has no volume provisioner, so a volume is
