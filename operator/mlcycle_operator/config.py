@@ -18,7 +18,6 @@ class Config:
     metrics_port: int = 8080  # the operator's own Prometheus metrics
     health_port: int = 8081  # Kopf's liveness endpoint
     log_level: str = "INFO"
-    reconcile_interval: float = 10.0  # seconds between level-based re-checks of live objects
     prometheus_timeout: float = 5.0
     peering: str = field(default="mlcycle")  # Kopf peering name, for running more than one replica
 
@@ -39,7 +38,6 @@ class Config:
                 metrics_port=int(get("METRICS_PORT", str(cls.metrics_port))),
                 health_port=int(get("HEALTH_PORT", str(cls.health_port))),
                 log_level=(get("LOG_LEVEL", cls.log_level) or "INFO").upper(),
-                reconcile_interval=float(get("RECONCILE_INTERVAL", str(cls.reconcile_interval))),
                 prometheus_timeout=float(get("PROMETHEUS_TIMEOUT", str(cls.prometheus_timeout))),
                 peering=get("PEERING", cls.peering),
             )

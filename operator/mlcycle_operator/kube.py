@@ -137,11 +137,6 @@ def patch_annotations(api_version: str, kind: str, namespace: str, name: str, an
           content_type="application/merge-patch+json")
 
 
-def patch_status(api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> None:
-    _call("PATCH", path(api_version, kind, namespace, name, "status"), body={"status": status},
-          content_type="application/merge-patch+json")
-
-
 def resource_served(group_version: str, plural: str) -> bool:
     """Whether the API server serves a resource now (optional CRDs: RayJob, ServiceMonitor, PrometheusRule)."""
     key = f"{group_version}/{plural}"

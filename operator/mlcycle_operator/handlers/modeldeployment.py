@@ -26,7 +26,6 @@ VERSION_ANNOTATION = "mlcycle.io/model-version"
 NUDGE_ANNOTATION = "mlcycle.io/new-model"
 # Set when a child Deployment becomes available (or stops being): the same kind of nudge.
 READY_ANNOTATION = "mlcycle.io/child-ready"
-HISTORY_LIMIT = 20
 # Decisions that change nothing a person would want an Event for (analysis failures get one regardless).
 QUIET_ACTIONS = {rollout.Action.NOTHING, rollout.Action.WAIT_READY, rollout.Action.HOLD, rollout.Action.ANALYSE}
 
@@ -149,9 +148,11 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         existing, ready, ready_replicas, desired_replicas = _serving_state(meta)
         current = ModelDeploymentStatus.model_validate(old)
         candidate = (current.rollout.candidate_version if current.rollout else None) or current.candidate_version
+        now = cond.now()
         measurements = None
         settings = _analysis_settings(md)
-        if candidate and candidate in ready and settings is not None:
+        # Only when decide() would record a run: the timer ticks far more often than the analysis interval.
+        if candidate and candidate in ready and settings is not None and rollout.analysis_due(md, current, now):
             measurements = analysis.measure(memo.config.prometheus_url, settings.metrics, meta.namespace, meta.name,
                                             candidate, settings.interval, memo.config.prometheus_timeout)
         shadow = None
@@ -161,7 +162,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
                                            current.stable_version, candidate, shadow_spec.duration,
                                            memo.config.prometheus_timeout)
         observation = rollout.Observation(
-            now=cond.now(), desired_version=desired, ready_versions=frozenset(ready),
+            now=now, desired_version=desired, ready_versions=frozenset(ready),
             existing_versions=frozenset(existing), measurements=measurements, shadow=shadow,
         )
         decision = rollout.decide(md, current, observation)
@@ -192,7 +193,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
                                       ("policy/v1", "PodDisruptionBudget")):
                 _children.prune(body, api_version, kind, meta.namespace, selector, keep)
 
-        new = _status_from(decision, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions))
+        new = _status_from(decision, current, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions))
         _status.write(patch, status, new)
         failed_run = decision.analysis_run is not None and decision.analysis_run.verdict == "Fail"
         if decision.action not in QUIET_ACTIONS or failed_run:
@@ -200,13 +201,12 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
             (_events.warning if warning else _events.normal)(body, decision.reason, decision.message)
 
 
-def _status_from(decision: rollout.Decision, md: ModelDeploymentSpec, meta: Meta, old: dict[str, Any],
-                 stable: ModelVersion | None, ready_replicas: int, desired_replicas: int,
+def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md: ModelDeploymentSpec, meta: Meta,
+                 old: dict[str, Any], stable: ModelVersion | None, ready_replicas: int, desired_replicas: int,
                  has_model: bool) -> dict[str, Any]:
-    traffic = [t.model_dump(mode="json", by_alias=True) for t in decision.traffic]
-    history = list(old.get("history") or [])
-    if decision.history_entry is not None:
-        history = [*history, decision.history_entry.model_dump(mode="json", by_alias=True)][-HISTORY_LIMIT:]
+    """Phase, conditions and serving figures here; versions, traffic, rollout and history as the state machine
+    applies its decision."""
+    applied = rollout.apply_decision(current, decision).model_dump(mode="json", by_alias=True, exclude_none=True)
     generation = meta.generation
     conditions = list(old.get("conditions") or [])
     serving_ok = decision.stable_version is not None and ready_replicas > 0
@@ -232,13 +232,9 @@ def _status_from(decision: rollout.Decision, md: ModelDeploymentSpec, meta: Meta
         "observedGeneration": generation,
         "phase": phase,
         "conditions": conditions,
-        "stableVersion": decision.stable_version,
-        "candidateVersion": decision.candidate_version,
-        "traffic": traffic,
-        "trafficSummary": rollout.traffic_summary(decision.traffic),
-        "rollout": decision.rollout.model_dump(mode="json", by_alias=True, exclude_none=True)
-        if decision.rollout else None,
-        "history": history,
+        # None removes a key (merge patch): no candidate, no rollout.
+        **{key: applied.get(key) for key in ("stableVersion", "candidateVersion", "traffic", "trafficSummary",
+                                             "rollout", "history")},
         "endpoint": builders.endpoint(meta),
         "readyReplicas": ready_replicas,
         "desiredReplicas": desired_replicas,
