@@ -52,9 +52,7 @@ def deployment(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_sp
                config_hash: str) -> dict[str, Any]:
     name = monitor_name(meta.name)
     lbls = _labels(spec, meta, project_name)
-    volume, mount = common.config_volume(name)
-    tmp_volume, tmp_mount = common.scratch_volume()
-    volumes, mounts = project._with_pvc(project_spec, [volume, tmp_volume], [mount, tmp_mount])
+    volumes, mounts = project.workload_volumes(project_spec, project_name, name)
     container = {
         "name": "drift-monitor",
         "image": image,
@@ -81,12 +79,7 @@ def deployment(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_sp
                     common.ANNOTATION_CONFIG_HASH: config_hash,
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
                     "prometheus.io/path": "/metrics"}},
-                "spec": {
-                    "serviceAccountName": project.workload_service_account_name(project_name),
-                    "securityContext": common.pod_security(),
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": project.workload_pod(project_name, container, volumes),
             },
         },
     }

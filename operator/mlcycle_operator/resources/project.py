@@ -6,6 +6,7 @@ from typing import Any
 
 import yaml
 
+from ..api.common import Resources
 from ..api.mlproject import MLProjectSpec
 from . import common
 from .common import Meta
@@ -115,7 +116,7 @@ def materialization_cron_job(spec: MLProjectSpec, meta: Meta, image: str) -> dic
     config_volume = {"name": "feature-store", "configMap": {"name": feature_store_config_map_name(meta.name)}}
     tmp_volume, tmp_mount = common.scratch_volume()
     volumes, mounts = [config_volume, tmp_volume], [{"name": "feature-store", "mountPath": "/etc/feast"}, tmp_mount]
-    volumes, mounts = _with_pvc(spec, volumes, mounts)
+    volumes, mounts = with_storage(spec, volumes, mounts)
     container = {
         "name": "materialize",
         "image": image,
@@ -160,12 +161,40 @@ def storage_env_from(spec: MLProjectSpec) -> list[dict[str, Any]]:
     return [{"secretRef": {"name": spec.storage.secret_name}}] if spec.storage.secret_name else []
 
 
-def _with_pvc(spec: MLProjectSpec, volumes: list, mounts: list) -> tuple[list, list]:
+def with_storage(spec: MLProjectSpec, volumes: list, mounts: list) -> tuple[list, list]:
+    """Add the pvc:// model store, mounted at /mnt/pvc/<claim>, when the project has one."""
     claim = pvc_claim_name(spec)
     if claim is None:
         return volumes, mounts
     return ([*volumes, {"name": "storage", "persistentVolumeClaim": {"claimName": claim}}],
             [*mounts, {"name": "storage", "mountPath": f"/mnt/pvc/{claim}"}])
+
+
+def workload_volumes(spec: MLProjectSpec, project: str, config_map: str, *,
+                     feature_store: bool = False) -> tuple[list, list]:
+    """What a runtime pod of the project mounts: its config at /etc/mlcycle, a writable /tmp, the Feast repo
+    at /etc/feast (when it reads features and the project has a store), and the model store."""
+    volume, mount = common.config_volume(config_map)
+    tmp_volume, tmp_mount = common.scratch_volume()
+    volumes, mounts = [volume, tmp_volume], [mount, tmp_mount]
+    if feature_store and spec.feature_store is not None:
+        volumes.append({"name": "feature-store", "configMap": {"name": feature_store_config_map_name(project)}})
+        mounts.append({"name": "feature-store", "mountPath": "/etc/feast", "readOnly": True})
+    return with_storage(spec, volumes, mounts)
+
+
+def workload_pod(project: str, container: dict[str, Any], volumes: list, gpu_resources: Resources | None = None,
+                 **extra: Any) -> dict[str, Any]:
+    """The pod spec of a runtime workload: the project's identity, restricted security, GPU toleration when
+    `gpu_resources` asks for GPUs."""
+    return {
+        **extra,
+        "serviceAccountName": workload_service_account_name(project),
+        "securityContext": common.pod_security(),
+        "containers": [container],
+        "volumes": volumes,
+        **(common.gpu_scheduling(gpu_resources) if gpu_resources is not None else {}),
+    }
 
 
 def storage_pvc(spec: MLProjectSpec, meta: Meta) -> dict[str, Any] | None:

@@ -69,14 +69,8 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
     """The Deployment that serves one model version of a ModelDeployment."""
     serving = spec.serving
     name = version_name(meta.name, version)
-    volume, mount = common.config_volume(name)
-    tmp_volume, tmp_mount = common.scratch_volume()
-    volumes, mounts = [volume, tmp_volume], [mount, tmp_mount]
-    if serving.online_features and project_spec.feature_store:
-        volumes.append({"name": "feature-store",
-                        "configMap": {"name": project.feature_store_config_map_name(spec.project)}})
-        mounts.append({"name": "feature-store", "mountPath": "/etc/feast", "readOnly": True})
-    volumes, mounts = project._with_pvc(project_spec, volumes, mounts)
+    volumes, mounts = project.workload_volumes(project_spec, spec.project, name,
+                                               feature_store=serving.online_features is not None)
     lbls = _version_labels(spec, meta, version)
     container = {
         "name": "model-server",
@@ -110,13 +104,7 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
                         "prometheus.io/path": "/metrics",
                     },
                 },
-                "spec": {
-                    "serviceAccountName": project.workload_service_account_name(spec.project),
-                    "securityContext": common.pod_security(),
-                    "containers": [container],
-                    "volumes": volumes,
-                    **common.gpu_scheduling(serving.resources),
-                },
+                "spec": project.workload_pod(spec.project, container, volumes, serving.resources),
             },
         },
     }
@@ -211,10 +199,8 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
     """The stable endpoint: applies weights, mirrors shadow traffic, exports per-version metrics."""
     name = router_name(meta.name)
     lbls = common.labels(KIND, meta.name, "router", project=spec.project)
-    volume, mount = common.config_volume(name)
-    tmp_volume, tmp_mount = common.scratch_volume()
     # The router reads the stable model's reference bin edges from the project's storage.
-    volumes, mounts = project._with_pvc(project_spec, [volume, tmp_volume], [mount, tmp_mount])
+    volumes, mounts = project.workload_volumes(project_spec, spec.project, name)
     container = {
         "name": "router",
         "image": image,
@@ -241,12 +227,7 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
                 "metadata": {"labels": lbls, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(ROUTER_PORT),
                     "prometheus.io/path": "/metrics"}},
-                "spec": {
-                    "serviceAccountName": project.workload_service_account_name(spec.project),
-                    "securityContext": common.pod_security(),
-                    "containers": [container],
-                    "volumes": volumes,
-                },
+                "spec": project.workload_pod(spec.project, container, volumes),
             },
         },
     }

@@ -68,14 +68,8 @@ def _worker_resources(spec: TrainingJobSpec) -> Resources:
 
 def _pod_spec(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str,
               resources: Resources, *, restart: str) -> dict[str, Any]:
-    volume, mount = common.config_volume(config_map_name(meta.name))
-    tmp_volume, tmp_mount = common.scratch_volume()
-    volumes, mounts = [volume, tmp_volume], [mount, tmp_mount]
-    if project_spec.feature_store is not None:
-        volumes.append({"name": "feature-store",
-                        "configMap": {"name": project.feature_store_config_map_name(spec.project)}})
-        mounts.append({"name": "feature-store", "mountPath": "/etc/feast", "readOnly": True})
-    volumes, mounts = project._with_pvc(project_spec, volumes, mounts)
+    volumes, mounts = project.workload_volumes(project_spec, spec.project, config_map_name(meta.name),
+                                               feature_store=True)
     container = {
         "name": "trainer",
         "image": image,
@@ -89,14 +83,7 @@ def _pod_spec(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, im
         "securityContext": common.restricted_container_security(),
         "volumeMounts": mounts,
     }
-    return {
-        "restartPolicy": restart,
-        "serviceAccountName": project.workload_service_account_name(spec.project),
-        "securityContext": common.pod_security(),
-        "containers": [container],
-        "volumes": volumes,
-        **common.gpu_scheduling(resources),
-    }
+    return project.workload_pod(spec.project, container, volumes, resources, restartPolicy=restart)
 
 
 def batch_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str) -> dict[str, Any]:
