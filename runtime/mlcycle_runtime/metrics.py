@@ -1,0 +1,23 @@
+"""Metric names shared by the router, the model server and the drift monitor (docs/runtime-contract.md)."""
+
+# Router (labels: namespace, deployment, version [, code | result | feature, bin]).
+ROUTER_REQUESTS = "mlcycle_router_requests_total"
+ROUTER_DURATION = "mlcycle_router_request_duration_seconds"
+ROUTER_SHADOW = "mlcycle_router_shadow_comparisons_total"
+# Live requests binned against the reference edges; feature "prediction" holds the model's scores.
+ROUTER_FEATURE_BINS = "mlcycle_router_feature_values_total"
+
+# Model server (labels: version [, endpoint, code]).
+SERVER_PREDICTIONS = "mlcycle_server_predictions_total"
+SERVER_DURATION = "mlcycle_server_prediction_duration_seconds"
+SERVER_SCORE = "mlcycle_server_prediction_score"
+SERVER_ERRORS = "mlcycle_server_request_errors_total"
+
+# Drift monitor.
+DRIFT_SCORE = "mlcycle_drift_score"
+DRIFT_DETECTED = "mlcycle_drift_detected"
+DRIFT_SAMPLES = "mlcycle_drift_window_samples"
+
+# Latency buckets in seconds: fine below 10 ms, where a model server and the router live.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                   2.5, 5.0)
