@@ -93,7 +93,8 @@ VARIANTS: dict[str, dict[str, dict]] = {
     "file-storage-no-feature-store": {"project": {**FILE_STORAGE, **NO_FEATURE_STORE}},
     "s3-storage-sqlite": {"project": {**S3_STORAGE, **SQLITE}, "md": ONLINE_FEATURES},
     "gpu-3-workers": {"job": {"distribution": {"workers": 3, "gpuPerWorker": 1, "memoryPerWorker": "4Gi"}},
-                      "md": {"serving": {"resources": {"cpu": 2, "memory": "8Gi", "gpu": 1}}}},
+                      "md": {"serving": {"resources": {"cpu": 2, "memory": "8Gi", "gpu": 1}}},
+                      "monitor": {"resources": {"cpu": 1, "memory": "2Gi", "gpu": 1}}},
     "no-autoscaling-no-tuning": {"job": {"tuning": None},
                                  "md": {"serving": {"autoscaling": {"enabled": False}, "replicas": 1}}},
 }
