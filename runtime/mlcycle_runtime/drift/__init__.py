@@ -1,0 +1,1 @@
+"""Drift: statistics on histograms and raw samples (`stats`) and the monitor workload (`monitor`)."""
