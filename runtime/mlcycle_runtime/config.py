@@ -7,6 +7,7 @@ exits non-zero with a one-line reason when it is wrong (`load`).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -291,3 +292,11 @@ def load(model: type[Config], path: str | Path = DEFAULT_PATH) -> Config:
 def fail(reason: str) -> None:
     """Print a one-line reason to stderr (for callers that exit themselves)."""
     print(f"mlcycle: {reason}", file=sys.stderr)
+
+
+BIND_HOST_ENV = "MLCYCLE_BIND_HOST"
+
+
+def bind_host() -> str:
+    """Where servers listen: every interface in a pod; the pod's own address on the local process node."""
+    return os.environ.get(BIND_HOST_ENV, "0.0.0.0")

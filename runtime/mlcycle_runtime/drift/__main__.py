@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mlcycle_runtime.config import DEFAULT_PATH, DriftConfig, load
+from mlcycle_runtime.config import DEFAULT_PATH, DriftConfig, bind_host, load
 
 from .monitor import Monitor, MonitorError
 
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlcycle_runtime.drift", description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=DEFAULT_PATH, help="the monitor's config.json (runtime contract)")
     parser.add_argument("--once", action="store_true", help="compute one report, write it and exit")
-    parser.add_argument("--host", default=os.environ.get("MLCYCLE_DRIFT_HOST", "0.0.0.0"),
-                        help="address to listen on (default: all)")
+    parser.add_argument("--host", default=bind_host(),
+                        help="address to listen on (default: $MLCYCLE_BIND_HOST or all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("MLCYCLE_LOG_LEVEL", "INFO").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
