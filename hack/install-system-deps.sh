@@ -6,6 +6,7 @@ set -euo pipefail
 declare -A want=(
   [openssl]=openssl          # certificates for the local control plane
   [prometheus]=prometheus    # canary analysis and drift metrics in the integration tests
+  [redis-server]=redis-server  # Feast's Redis online store in the feature-store integration tests
 )
 missing=()
 for cmd in "${!want[@]}"; do

@@ -1,0 +1,239 @@
+"""Feast, as the trainer, the server and the materialization job use it: a repository is a directory holding
+`feature_store.yaml` (the operator mounts one at /etc/feast), and the definitions may live elsewhere.
+
+Definitions (entities, views, services) are Python files, applied to the registry named by feature_store.yaml.
+In a pod /etc/feast is a ConfigMap with the YAML alone, so `apply` takes the definitions from a separate
+directory (`definitions`, e.g. baked into the image or mounted from a second ConfigMap); reading features and
+materializing need only the YAML, because Feast reads the definitions back from the registry.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+if TYPE_CHECKING:
+    from feast import FeatureStore
+
+CONFIG_FILE = "feature_store.yaml"
+# Definitions that read files take their directory from here (see examples/churn/feature_repo/features.py).
+DATA_ENV = "MLCYCLE_FEAST_DATA"
+_ROW = "__mlcycle_row"
+
+
+class FeatureStoreError(Exception):
+    """A problem with a Feast repository, its definitions or a request, in one line."""
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def open_store(repo_path: str | Path) -> FeatureStore:
+    """The Feast store configured by `<repo_path>/feature_store.yaml`."""
+    import yaml
+    from feast import FeatureStore
+    from feast.errors import FeastError
+    from feast.repo_config import FeastConfigError
+
+    repo = Path(repo_path)
+    if not (repo / CONFIG_FILE).is_file():
+        raise FeatureStoreError(f"{repo} is not a Feast repository: it has no {CONFIG_FILE}")
+    try:
+        return FeatureStore(repo_path=str(repo))
+    except (FeastError, FeastConfigError, yaml.YAMLError, TypeError, ValueError) as err:
+        raise FeatureStoreError(f"{repo / CONFIG_FILE}: {_one_line(err)}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _serving_store(repo: str) -> FeatureStore:
+    # The server asks per request: building a store (config, registry, online store client) each time would
+    # cost more than the lookup. Feast refreshes its registry cache itself (registry cache_ttl_seconds).
+    return open_store(repo)
+
+
+def _feature_service(store: FeatureStore, name: str) -> Any:
+    from feast.errors import FeastObjectNotFoundException
+
+    try:
+        return store.get_feature_service(name)
+    except FeastObjectNotFoundException:
+        known = ", ".join(sorted(s.name for s in store.list_feature_services())) or "none (run apply first?)"
+        raise FeatureStoreError(f"no feature service {name!r} in project {store.config.project!r}; "
+                                f"known: {known}") from None
+
+
+def _refs_by_view(store: FeatureStore, feature_service: str | None, features: Sequence[str]) -> dict[str, list[str]]:
+    """The requested features as view:feature references, grouped by feature view."""
+    if bool(feature_service) == bool(features):
+        raise ValueError("name a feature service or a list of features (view:feature), not both or neither")
+    if feature_service:
+        service = _feature_service(store, feature_service)
+        features = [f"{p.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+    bad = [f for f in features if ":" not in f]
+    if bad:
+        raise ValueError(f"features must be written view:feature, got {', '.join(map(repr, bad))}")
+    groups: dict[str, list[str]] = {}
+    for ref in features:
+        groups.setdefault(ref.split(":", 1)[0], []).append(ref)
+    return groups
+
+
+def _timestamp_column(entity_df: pd.DataFrame) -> str:
+    """Feast's rule: `event_timestamp` if present, else the one datetime column."""
+    stamps = [c for c, t in entity_df.dtypes.items() if pd.api.types.is_datetime64_any_dtype(t)]
+    if "event_timestamp" in stamps:
+        return "event_timestamp"
+    if len(stamps) != 1:
+        raise ValueError("entity_df needs one timestamp column (event_timestamp): Feast joins each row as of it; "
+                         f"found {stamps or 'none'}")
+    return stamps[0]
+
+
+def historical_features(repo_path: str | Path, entity_df: pd.DataFrame, feature_service: str | None = None,
+                        features: Sequence[str] = ()) -> pd.DataFrame:
+    """The entity rows, in their order and with their other columns (labels), plus each feature as it was at
+    the row's timestamp (Feast's point-in-time join); a feature the store has no value for is null."""
+    from feast.errors import FeastError
+
+    if not isinstance(entity_df, pd.DataFrame) or entity_df.empty:
+        raise ValueError("entity_df must be a non-empty pandas DataFrame of entity keys and timestamps")
+    timestamp = _timestamp_column(entity_df)
+    store = open_store(repo_path)
+    views = _refs_by_view(store, feature_service, features)
+    join_keys = {e.join_key for e in store.list_entities()}
+    keys = [c for c in entity_df.columns if c in join_keys]
+    if not keys:
+        raise ValueError(f"entity_df has no entity join key column (expected one of {sorted(join_keys)})")
+    # Feast's file offline store (0.67) drops an entity row outright when one of the views has no value for it
+    # within the TTL, and collapses rows that share keys and timestamp (seen here; the tests pin it). So each view is
+    # asked separately, each distinct (keys, timestamp) once under a number, and the answers are joined back
+    # onto every entity row by that number: a view without a value gives nulls, and no row is lost.
+    entity = entity_df.reset_index(drop=True)
+    lookup = entity.groupby([*keys, timestamp], sort=False, dropna=False).ngroup()
+    distinct = entity[[*keys, timestamp]].assign(**{_ROW: lookup}).drop_duplicates(_ROW)
+    result = entity.assign(**{_ROW: lookup})
+    for refs in views.values():
+        try:
+            joined = store.get_historical_features(entity_df=distinct, features=refs).to_df()
+        except FeastError as err:
+            raise FeatureStoreError(_one_line(err)) from None
+        values = joined.drop(columns=[*keys, timestamp])
+        # What the store says replaces a same-named column of entity_df: that is what asking the store means.
+        result = result.drop(columns=[c for c in values.columns if c != _ROW and c in result.columns])
+        result = result.merge(values, on=_ROW, how="left")
+    return result.drop(columns=_ROW)
+
+
+def online_features(repo_path: str | Path, feature_service: str,
+                    entity_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The latest materialized features for each entity row (None where the store has no value), one dict per
+    row with its entity keys."""
+    from feast.errors import FeastError
+
+    if not entity_rows:
+        return []
+    store = _serving_store(str(Path(repo_path).resolve()))
+    service = _feature_service(store, feature_service)
+    try:
+        columns = store.get_online_features(features=service, entity_rows=[dict(r) for r in entity_rows]).to_dict()
+    except FeastError as err:
+        raise FeatureStoreError(_one_line(err)) from None
+    return [{name: values[i] for name, values in columns.items()} for i in range(len(entity_rows))]
+
+
+@contextmanager
+def _importable(directory: Path, data: str | Path | None) -> Iterator[None]:
+    """Feast imports definition files as modules named by their path relative to the working directory; the
+    definitions read their data directory from DATA_ENV while they are imported."""
+    cwd, bytecode, saved = os.getcwd(), sys.dont_write_bytecode, os.environ.get(DATA_ENV)
+    if data is not None:
+        os.environ[DATA_ENV] = str(Path(data).resolve())
+    os.chdir(directory)
+    sys.path.insert(0, str(directory))
+    # The definitions directory may be read-only (an image layer, a ConfigMap).
+    sys.dont_write_bytecode = True
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        sys.path.remove(str(directory))
+        sys.dont_write_bytecode = bytecode
+        if saved is None:
+            os.environ.pop(DATA_ENV, None)
+        else:
+            os.environ[DATA_ENV] = saved
+
+
+def apply(repo_path: str | Path, definitions: str | Path | None = None, data: str | Path | None = None) -> None:
+    """`feast apply`: register the definitions (every *.py under `definitions`, default the repo itself) in the
+    repo's registry and create their online tables, deleting what the definitions no longer hold."""
+    from feast import Project
+    from feast.repo_operations import apply_total_with_repo_instance, get_repo_files, parse_repo, py_path_to_module
+
+    store = open_store(repo_path)
+    directory = Path(definitions or repo_path).resolve()
+    if not directory.is_dir():
+        raise FeatureStoreError(f"definitions directory {directory} does not exist")
+    files = get_repo_files(directory)
+    if not files:
+        raise FeatureStoreError(f"no Feast definitions (*.py) in {directory}")
+    with _importable(directory, data):
+        # A module imported before (another repo's features.py) would shadow this one's.
+        for path in files:
+            sys.modules.pop(py_path_to_module(path), None)
+        try:
+            contents = parse_repo(directory)
+        except Exception as err:
+            raise FeatureStoreError(f"definitions in {directory} do not load: {_one_line(err)}") from err
+    project = store.config.project
+    names = [p.name for p in contents.projects]
+    if not names:
+        contents.projects.append(Project(name=project))
+    elif names != [project]:
+        raise FeatureStoreError(f"definitions declare project {names}, feature_store.yaml says {project!r}")
+    print(f"applying {len(files)} definition file(s) from {directory} to project {project!r} "
+          f"(registry {store.config.registry.path})", flush=True)
+    apply_total_with_repo_instance(store, project, store.registry, contents, skip_source_validation=False)
+
+
+def _utc(value: datetime | str | None) -> datetime:
+    ts = pd.Timestamp(value if value is not None else pd.Timestamp.now(tz="UTC"))
+    return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
+
+
+def materialize(repo_path: str | Path, end: datetime | str | None = None,
+                start: datetime | str | None = None) -> list[tuple[str, datetime | None]]:
+    """Load feature values into the online store up to `end` (default now): from each view's last run (or one
+    TTL before now, the first time: Feast's rule) like `feast materialize-incremental`, or from `start` when given (a
+    backfill, like `feast materialize`). Returns each view and its new high mark."""
+    from feast.errors import FeastError
+
+    store = open_store(repo_path)
+    views = store.list_feature_views()
+    if not views:
+        raise FeatureStoreError(f"the registry of project {store.config.project!r} ({store.config.registry.path}) "
+                                "has no feature views: run `python -m mlcycle_runtime.features apply` first")
+    end_time = _utc(end)
+    begin = _utc(start) if start is not None else None
+    if begin is not None and begin >= end_time:
+        raise ValueError(f"start {begin.isoformat()} is not before end {end_time.isoformat()}")
+    print(f"materializing {len(views)} feature view(s) of project {store.config.project!r} "
+          f"{'from ' + begin.isoformat() + ' ' if begin else ''}up to {end_time.isoformat()}", flush=True)
+    try:
+        if begin is None:
+            store.materialize_incremental(end_date=end_time)
+        else:
+            store.materialize(start_date=begin, end_date=end_time)
+    except FeastError as err:
+        raise FeatureStoreError(_one_line(err)) from None
+    store.refresh_registry()
+    return [(v.name, v.most_recent_end_time) for v in store.list_feature_views()]
