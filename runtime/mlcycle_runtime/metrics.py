@@ -12,6 +12,8 @@ SERVER_PREDICTIONS = "mlcycle_server_predictions_total"
 SERVER_DURATION = "mlcycle_server_prediction_duration_seconds"
 SERVER_SCORE = "mlcycle_server_prediction_score"
 SERVER_ERRORS = "mlcycle_server_request_errors_total"
+# Requests scored directly because the adaptive batcher dropped or lost them.
+SERVER_BATCH_SHED = "mlcycle_server_batch_shed_total"
 
 # Drift monitor.
 DRIFT_SCORE = "mlcycle_drift_score"

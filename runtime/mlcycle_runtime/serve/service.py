@@ -1,0 +1,233 @@
+"""The model server: a BentoML service that answers `POST /predict` for one model version.
+
+`bentoml serve mlcycle_runtime.serve.service:ModelServer` imports this module in each worker; the config comes
+from the file named by MLCYCLE_CONFIG (the entrypoint sets it). Requests are parsed and validated in `predict`,
+outside the batched method, so a bad request gets its 4xx before it can join (and spoil) a batch; good rows of
+up to `maxBatchSize` go through `score`, BentoML's adaptive batching, larger requests are scored at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+import bentoml
+import numpy as np
+from bentoml.exceptions import InvalidArgument
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from mlcycle_runtime import config as cfg
+from mlcycle_runtime import metrics as names
+from mlcycle_runtime.model import LoadedModel, load_version
+from mlcycle_runtime.serve.handler import VERSION_HEADER, Rejection, RequestHandler, decode_body, scores
+
+logger = logging.getLogger(__name__)
+
+CONFIG_ENV = "MLCYCLE_CONFIG"
+WORKERS_ENV = "MLCYCLE_SERVE_WORKERS"
+# Requests this small are scored on the event loop: a thread hop costs more than the prediction.
+INLINE_ROWS = 64
+BATCH_SHED = names.SERVER_BATCH_SHED
+
+
+def settings() -> cfg.ServeConfig | None:
+    """The workload's config when running as a server; None where nothing names one (unit tests, imports)."""
+    path = os.environ.get(CONFIG_ENV)
+    return cfg.load(cfg.ServeConfig, path) if path else None
+
+
+_SETTINGS = settings()
+_BATCHING = _SETTINGS.batching if _SETTINGS else cfg.Batching()
+# BentoML needs max_batch_size >= 2; a "batch" of one is no batching.
+BATCHED = _BATCHING.enabled and _BATCHING.max_batch_size > 1
+
+
+class ServerMetrics:
+    """mlcycle's own series beside BentoML's on /metrics; created in the worker, after BentoML set up multiprocess
+    collection (prometheus_client must be imported after PROMETHEUS_MULTIPROC_DIR is set)."""
+
+    def __init__(self, version: str, score_buckets: Sequence[float], registry: Any = None) -> None:
+        from prometheus_client import REGISTRY, Counter, Histogram
+
+        registry = registry or REGISTRY
+        self.version = version
+        self.duration = Histogram(names.SERVER_DURATION, "Time to answer a prediction request, validation included",
+                                  ["version"], buckets=names.LATENCY_BUCKETS, registry=registry).labels(version)
+        self.predictions = Counter(names.SERVER_PREDICTIONS, "Records scored", ["version"],
+                                   registry=registry).labels(version)
+        self.score = Histogram(names.SERVER_SCORE, "Prediction scores (multiclass: the top class's probability)",
+                               ["version"], buckets=score_buckets, registry=registry).labels(version)
+        self._errors = Counter(names.SERVER_ERRORS, "Requests refused, by reason", ["version", "reason"],
+                               registry=registry)
+        self._shed = Counter(BATCH_SHED, "Calls the adaptive batcher shed (past maxLatencyMs), scored "
+                             "directly instead", ["version"], registry=registry).labels(version)
+
+    def shed(self) -> None:
+        self._shed.inc()
+
+    def error(self, reason: str) -> None:
+        self._errors.labels(self.version, reason).inc()
+
+    def scored(self, predictions: np.ndarray) -> None:
+        self.predictions.inc(len(predictions))
+        for value in scores(predictions):
+            self.score.observe(float(value))
+
+
+def score_buckets(model: LoadedModel) -> list[float]:
+    """The reference's prediction bin edges, so the live score histogram is comparable with training's."""
+    ref = model.reference.prediction if model.reference else None
+    edges = sorted({float(e) for e in (ref.edges or [])}) if ref is not None and ref.kind == "numeric" else []
+    return edges or [i / 10 for i in range(1, 11)]
+
+
+def fetch_online_features(repo_path: str, feature_service: str, entity_rows: list[dict[str, Any]]) -> list[dict]:
+    """Feature values per entity row from the online store (Feast, through mlcycle_runtime.features)."""
+    from mlcycle_runtime.features import online_features
+
+    found = online_features(repo_path, feature_service, entity_rows)
+    if isinstance(found, dict):  # Feast's to_dict(): columns of values, one per entity row
+        return [{k: v[i] for k, v in found.items()} for i in range(len(entity_rows))]
+    return list(found)
+
+
+class PredictInput(bentoml.IODescriptor):
+    """`{"records": [{feature: value}, ...], "version": optional}` as the schema and clients see it."""
+
+    records: list[dict[str, Any]]
+    version: str | None = None
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> PredictInput:
+        # The body is parsed by the handler, not by pydantic: every way it can be wrong (malformed JSON included)
+        # must get mlcycle's 4xx naming the problem, which BentoML's own validation error does not give.
+        return cls.model_construct(records=await request.body(), version=None)
+
+
+@bentoml.service(
+    name="mlcycle-model-server",
+    workers=int(os.environ.get(WORKERS_ENV, "1")),
+    traffic={"timeout": 30},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+)
+class ModelServer:
+    """Serves one model version: loads it in __init__ (readyz stays false until then) and scores requests."""
+
+    def __init__(self, config: cfg.ServeConfig | None = None,
+                 loader: Callable[[str], LoadedModel] = load_version, registry: Any = None) -> None:
+        self.ready = False
+        config = config or settings()
+        if config is None:
+            raise cfg.ConfigError(f"no config: set {CONFIG_ENV} to the config file")
+        if not config.model.uri:
+            raise cfg.ConfigError("model.uri: the model server needs the URI of a model version")
+        self.config = config
+        self.model = loader(config.model.uri)
+        card = self.model.card
+        if card.framework == "xgboost":
+            # XGBoost's default of one OpenMP thread per core costs ~10 ms of thread wake-up per one-row call on a
+            # busy 2-core node (0.4 ms with one thread); a server scales by workers, one per core.
+            self.model.predictor.learner.set_param({"nthread": 1})
+        if config.model.version and config.model.version != card.version:
+            raise cfg.ConfigError(f"model.version: {config.model.version!r} was asked for, but {config.model.uri} "
+                                  f"holds version {card.version!r}")
+        online = config.online_features
+        self.handler = RequestHandler(card, online.entity_keys if online else ())
+        self.feature_repo = (config.feature_store or cfg.FeatureStoreRef()).repo_path
+        self.lookup = fetch_online_features
+        self.batched = BATCHED and config.batching.enabled and config.batching.max_batch_size > 1
+        self.metrics = ServerMetrics(card.version, score_buckets(self.model), registry)
+        self.ready = True
+
+    def __is_ready__(self) -> bool:
+        return self.ready
+
+    @bentoml.api(route="/predict", input_spec=PredictInput)
+    async def predict(self, records: Any, version: str | None = None, ctx: bentoml.Context = None) -> dict[str, Any]:
+        """Score records: `{"records": [...]}` → `{"model", "version", "predictions"}`; a bad request gets a 4xx."""
+        if isinstance(records, bytes | bytearray):
+            body, header = records, ctx.request.headers.get(VERSION_HEADER) if ctx is not None else None
+        else:  # called in-process with Python values
+            body, header = None, None
+        status, answer = await self.handle(body, header, payload={"records": records, "version": version})
+        if ctx is not None:
+            ctx.response.status_code = status
+        return JSONResponse(answer, status_code=status)
+
+    async def handle(self, body: bytes | None, header_version: str | None = None,
+                     payload: Any = None) -> tuple[int, dict[str, Any]]:
+        """One request, start to end: the status code and the JSON answer (metrics included)."""
+        with self.metrics.duration.time():
+            try:
+                records = self.handler.records(decode_body(body) if body is not None else payload, header_version)
+                records = await self._with_online_features(records)
+                self.handler.validate(records)
+                predictions = await self._predict(records)
+            except Rejection as rejection:
+                self.metrics.error(rejection.reason)
+                return rejection.status, rejection.body()
+            self.metrics.scored(predictions)
+            return 200, self.handler.answer(predictions)
+
+    async def _with_online_features(self, records: list[Any]) -> list[Any]:
+        online = self.config.online_features
+        keyed = [i for i, r in enumerate(records) if self.handler.needs_lookup(r)] if online else []
+        if not keyed:
+            return records
+        rows = [{k: records[i][k] for k in online.entity_keys} for i in keyed]
+        try:
+            found = await anyio.to_thread.run_sync(self.lookup, self.feature_repo, online.feature_service, rows)
+        except ImportError:
+            raise Rejection(501, "records carry only entity keys, but this server cannot read online features "
+                                 "(mlcycle_runtime.features is not installed)", "online_features_unavailable") from None
+        except Exception as err:  # FeatureStoreError and the like: the store's fault, said in one line, not a 500
+            raise Rejection(503, f"the online feature store could not be read: {err}",
+                            "online_features_failed") from None
+        merged = list(records)
+        for i, features in zip(keyed, found, strict=True):
+            # What the request carries wins over the store: a client may override a stale feature.
+            merged[i] = {**{k: v for k, v in features.items() if v is not None}, **records[i]}
+        return merged
+
+    async def _predict(self, records: list[dict[str, Any]]) -> np.ndarray:
+        client = getattr(self, "to_async", None)  # set by BentoML when it runs the service
+        if self.batched and client is not None and len(records) <= self.config.batching.max_batch_size:
+            # Through this service's own client: that is the path BentoML batches across concurrent requests.
+            try:
+                return np.asarray(await client.score(records=records), dtype=np.float64)
+            except Exception as err:
+                # BentoML sheds a queued call that would exceed maxLatencyMs (a 503, or under load a dropped
+                # connection of its self-client). The records are validated and a few rows cost far less to
+                # score than to refuse: score them here rather than answer a 5xx.
+                self.metrics.shed()
+                logger.debug("batched call failed (%s); scoring %d record(s) directly", err, len(records))
+        if len(records) <= INLINE_ROWS:
+            return self._score(records)
+        return await anyio.to_thread.run_sync(self._score, records)
+
+    def _score(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        matrix = self.handler.encode(records)
+        try:
+            return self.model.predictor.predict(matrix)
+        except ValueError:
+            # Learners such as LogisticRegression refuse NaN (a null or an unseen category): that is the request's
+            # doing, so it gets a 422 naming the values, not a 5xx.
+            if not np.isnan(matrix).any():
+                raise
+            raise self.handler.unscorable_missing(records, matrix) from None
+
+    @bentoml.api(batchable=True, max_batch_size=max(2, _BATCHING.max_batch_size),
+                 max_latency_ms=_BATCHING.max_latency_ms)
+    def score(self, records: list[dict[str, Any]]) -> list[Any]:
+        """The batched path behind /predict: records of many requests scored as one matrix (validated already)."""
+        problems = [p for r in records for p in self.handler.schema.problems(r)]
+        if problems:  # only a direct caller of /score gets here: /predict validated its records
+            raise InvalidArgument("; ".join(problems[:20]))
+        try:
+            return self._score(records).tolist()
+        except Rejection as rejection:
+            raise InvalidArgument(f"{rejection.error}: {'; '.join(rejection.fields)}") from None
