@@ -1,0 +1,127 @@
+"""Search-space translation to Ray Tune, the plan's trial count, the scheduler, and progress."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import sample
+
+from mlcycle_runtime.config import SearchDimension, Tuning
+from mlcycle_runtime.train import search
+
+
+def tuning(space: dict, **kw) -> Tuning:
+    return Tuning.model_validate({"searchSpace": space, **kw})
+
+
+def test_each_type_becomes_its_tune_domain():
+    space = search.plan(tuning({
+        "eta": {"type": "loguniform", "lower": 0.01, "upper": 0.3},
+        "subsample": {"type": "uniform", "lower": 0.6, "upper": 1.0},
+        "max_depth": {"type": "randint", "lower": 2, "upper": 8},
+        "booster": {"type": "choice", "values": ["gbtree", "dart"]},
+        "min_child_weight": {"type": "grid", "values": ["1", "5"]},
+    }), "roc_auc", "max").space
+    assert isinstance(space["eta"], sample.Float) and isinstance(space["eta"].sampler, sample.LogUniform)
+    assert (space["eta"].lower, space["eta"].upper) == (0.01, 0.3)
+    assert isinstance(space["subsample"], sample.Float) and isinstance(space["subsample"].sampler, sample.Uniform)
+    assert isinstance(space["max_depth"], sample.Integer) and (space["max_depth"].lower,
+                                                               space["max_depth"].upper) == (2, 8)
+    assert isinstance(space["booster"], sample.Categorical) and space["booster"].categories == ["gbtree", "dart"]
+    assert space["min_child_weight"] == {"grid_search": [1, 5]}
+
+
+@pytest.mark.parametrize(("raw", "value"), [("3", 3), ("0.1", 0.1), ("true", True), ("gbtree", "gbtree"),
+                                            (7, 7), ('"x"', "x")])
+def test_candidate_values_are_parsed_as_json_first(raw, value):
+    assert search.parse_value(raw) == value
+
+
+def test_random_search_multiplies_grids_by_samples():
+    plan = search.plan(tuning({"a": {"type": "grid", "values": ["1", "2", "3"]},
+                               "b": {"type": "uniform", "lower": 0, "upper": 1}}, numSamples=4), "roc_auc", "max")
+    assert (plan.num_samples, plan.total, plan.search_alg) == (4, 12, None)
+
+
+def test_grid_search_runs_each_point_once_and_turns_choices_into_grids():
+    plan = search.plan(tuning({"a": {"type": "grid", "values": ["1", "2", "3"]},
+                               "b": {"type": "choice", "values": ["x", "y"]}}, numSamples=5, algorithm="grid"),
+                       "roc_auc", "max")
+    assert (plan.num_samples, plan.total) == (1, 6)
+    assert plan.space["b"] == {"grid_search": ["x", "y"]}
+
+
+def test_grid_search_refuses_continuous_dimensions():
+    with pytest.raises(search.SearchError, match=r"tuning.searchSpace.eta: grid search needs discrete values"):
+        search.plan(tuning({"eta": {"type": "uniform", "lower": 0, "upper": 1}}, algorithm="grid"), "roc_auc", "max")
+
+
+@pytest.mark.parametrize(("dim", "message"), [
+    ({"type": "uniform", "lower": 1}, "uniform needs lower and upper"),
+    ({"type": "randint", "lower": 5, "upper": 2}, "lower 5.0 must be below upper 2.0"),
+    ({"type": "loguniform", "lower": 0, "upper": 1}, "loguniform needs lower > 0"),
+    ({"type": "choice"}, "choice needs values"),
+])
+def test_bad_dimensions_name_the_field(dim, message):
+    with pytest.raises(search.SearchError, match=f"tuning.searchSpace.x: {message}"):
+        search.dimension("x", SearchDimension.model_validate(dim))
+
+
+@pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
+def test_model_based_search_needs_its_package(algorithm):
+    spec = tuning({"eta": {"type": "uniform", "lower": 0, "upper": 1}}, algorithm=algorithm, numSamples=3)
+    if importlib.util.find_spec(algorithm) is None:
+        with pytest.raises(search.SearchError, match=f"the {algorithm} package is not installed"):
+            search.plan(spec, "roc_auc", "max")
+    else:
+        plan = search.plan(spec, "roc_auc", "max")
+        assert plan.search_alg is not None and plan.total == 3
+
+
+def test_no_tuning_is_one_trial_of_the_fixed_params():
+    assert (search.plan(None, "roc_auc", "max").total, search.plan(None, "roc_auc", "max").space) == (1, {})
+
+
+def test_asha_acts_on_boosting_rounds():
+    spec = tuning({}, scheduler={"type": "asha", "gracePeriod": 3, "reductionFactor": 2})
+    asha = search.scheduler(spec, 50)
+    assert isinstance(asha, ASHAScheduler)
+    assert (asha._time_attr, asha._max_t, asha._reduction_factor) == ("training_iteration", 50, 2)
+    assert asha._brackets[0]._rungs[-1][0] == 3  # the first rung is at the grace period
+
+
+def test_nothing_to_stop_early_means_fifo():
+    assert isinstance(search.scheduler(tuning({}), 1), FIFOScheduler)
+    assert isinstance(search.scheduler(tuning({}, scheduler={"type": "none"}), 50), FIFOScheduler)
+    assert isinstance(search.scheduler(None, 50), FIFOScheduler)
+
+
+def test_max_rounds_takes_a_searched_round_count_at_its_top():
+    spec = tuning({"num_boost_round": {"type": "choice", "values": ["20", "80"]}})
+    assert search.max_rounds(spec, 30) == 80
+    assert search.max_rounds(None, 30) == 30
+
+
+def test_progress_keeps_each_trials_best_round_and_throttles_reports(capsys):
+    sent = []
+    progress = search.Progress(3, "log_loss", "min", on_change=sent.append, interval_s=3600, max_rounds=3)
+    progress.result("a", {"eta": 0.1}, {"log_loss": 0.5, "rounds": 1})
+    progress.result("a", {"eta": 0.1}, {"log_loss": 0.4, "rounds": 2})
+    progress.result("a", {"eta": 0.1}, {"log_loss": 0.45, "rounds": 3})
+    progress.done("a")
+    progress.result("b", {"eta": 0.3}, {"log_loss": 0.42, "rounds": 1})
+    progress.done("b")  # stopped after one of three rounds
+    assert progress.best().metrics == {"log_loss": 0.4, "rounds": 2}
+    assert len(sent) == 1  # the second finish came within the interval
+    assert progress.summary() == {"total": 3, "finished": 2, "stoppedEarly": 1,
+                                  "best": {"config": {"eta": 0.1}, "metrics": {"log_loss": 0.4, "rounds": 2.0}}}
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["trial 1/3 done, best log_loss=0.4 {eta: 0.1}", "trial 2/3 done, best log_loss=0.4 {eta: 0.1}"]
+
+
+def test_a_failed_trial_counts_as_finished_with_its_error():
+    progress = search.Progress(2, "roc_auc", "max")
+    progress.done("a", error="ValueError: bad")
+    assert (progress.finished, progress.errors, progress.best()) == (1, ["ValueError: bad"], None)
