@@ -39,6 +39,11 @@ class Reporter:
         self._api = None
         self.last: dict[str, Any] | None = None
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Ray Tune pickles its callbacks (which report progress): the API client's sockets stay behind and are
+        # opened again on the next send.
+        return {**self.__dict__, "_api": None}
+
     def _custom_objects(self):
         if self._api is None:
             from kubernetes import client, config

@@ -193,3 +193,17 @@ def test_a_version_is_published_once_and_read_only_when_complete(tmp_path, monke
 
     monkeypatch.setenv(storage.PVC_ROOT_ENV, str(tmp_path / "mnt"))
     assert storage.resolve("pvc://claim/artifacts") == f"file://{tmp_path}/mnt/claim/artifacts"
+
+
+def test_a_cluster_reporter_pickles_without_its_client():
+    """Ray Tune pickles the callbacks that carry the reporter; an open API client must not travel with it."""
+    import pickle
+
+    from mlcycle_runtime.report import Reporter
+
+    reporter = Reporter("TrainingJob", "churn-v1", "ml", "result", cluster=True)
+    reporter._api = object.__new__(type("Unpicklable", (), {"__reduce__": lambda self: 1 / 0}))
+    copy = pickle.loads(pickle.dumps(reporter))
+    assert (copy.kind, copy.name, copy.namespace, copy.status_field, copy.cluster) == (
+        "TrainingJob", "churn-v1", "ml", "result", True)
+    assert copy._api is None
