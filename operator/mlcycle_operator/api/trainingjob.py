@@ -206,6 +206,7 @@ class Trials(ApiModel):
 
     total: int = Field(0, description="Trials planned.")
     finished: int = Field(0, description="Trials finished (including early-stopped).")
+    stopped_early: int | None = Field(None, description="Trials the scheduler stopped early (ASHA).")
     best: Trial | None = Field(None, description="Best trial so far.")
 
 
@@ -244,6 +245,7 @@ class Lineage(ApiModel):
     params: FreeForm = Field(default_factory=dict, description="Final hyper-parameters.")
     start_time: datetime | None = Field(None, description="Training start.")
     end_time: datetime | None = Field(None, description="Training end.")
+    rows: dict[str, int] = Field(default_factory=dict, description="Rows per split: train, validation, test.")
 
 
 class Workload(ApiModel):
