@@ -1,13 +1,15 @@
-"""A TrainingJob trained for real: the operator's Job runs `python -m mlcycle_runtime.train` as a pod on the
-process node (uid 65532, read-only root, its config and the project's claim mounted where the pod spec says),
-the trainer reports through the status subresource with the workload ServiceAccount, and the operator turns
-the report into phase, model, gates and conditions."""
+"""Train and serve for real: the operator's Job runs `python -m mlcycle_runtime.train` as a pod on the process
+node (uid 65532, read-only root, its config and the project's claim mounted where the pod spec says), the
+trainer reports through the status subresource with the workload ServiceAccount, the operator turns the report
+into phase, model and gates; the ModelDeployment that tracks the project's gated models then serves it with
+`bentoml serve` pods behind the router pod, which finds them through their EndpointSlices."""
 
 from __future__ import annotations
 
 import copy
 from pathlib import Path
 
+import httpx
 import pytest
 from kubernetes import client
 
@@ -36,7 +38,7 @@ def training_job(name: str, source: str) -> dict:
     return job
 
 
-def test_a_training_job_runs_as_a_pod_and_reports_its_model(ml, node, api_client):
+def test_a_trained_model_is_served_behind_the_router(ml, node, api_client):
     from examples.churn.generate import write
 
     claim_dir = Path("/tmp") / f"models-{ml.namespace}"[:63]  # the hostPath the ml fixture binds to the claim
@@ -64,3 +66,27 @@ def test_a_training_job_runs_as_a_pod_and_reports_its_model(ml, node, api_client
     assert status["gatesPassed"] is True and status["metrics"]["roc_auc"] > 0.6
     assert status["trials"]["finished"] == 2
     assert "trial 2/2 done" in logs
+
+    # The example deployment tracks the project's gated models: the one just trained is served.
+    deployment = copy.deepcopy(EXAMPLES["ModelDeployment"])
+    deployment["spec"]["serving"].update(replicas=1, autoscaling={"enabled": False},
+                                         batching={"enabled": False})
+    ml.create(deployment)
+
+    def available():
+        md = ml.status("ModelDeployment", "churn")
+        return md if md.get("phase") == "Available" and md.get("stableVersion") == model["version"] else None
+
+    md = wait_for(available, 240, "the model to be served")
+    router = wait_for(lambda: [p for p in core.list_namespaced_pod(
+        ml.namespace, label_selector="app.kubernetes.io/component=router").items
+        if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])], 120,
+        "a ready router pod")[0]
+    record = {"tenure_months": 3, "monthly_charges": 99.5, "support_calls": 6, "data_usage_gb": 1.5,
+              "contract": "month-to-month", "plan": "basic", "region": "north"}
+    answer = httpx.post(f"http://{router.status.pod_ip}:8080/predict", json={"records": [record]}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["version"] == model["version"] == answer.headers["x-mlcycle-variant"]
+    assert 0.0 <= body["predictions"][0] <= 1.0
+    assert md["traffic"] == [{"version": model["version"], "weight": 100, "role": "stable", "shadowPercent": 0}]
