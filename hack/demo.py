@@ -1,9 +1,10 @@
 """make demo: the local control plane, the mlcycle CRDs, the operator, and the churn example applied to it.
 
 What runs today is the control plane half: the operator reconciles the four resources into their children
-and explains in status what happens. The workloads (trainer, model server, router, drift monitor) are the
-runtime's, which is not built yet; on this cluster their pods are KWOK's and run nothing, so the training
-job ends Failed with the reason in words. `make cluster-down` stops everything the demo started.
+and explains in status what happens. The workloads (trainer, model server, router, drift monitor) exist in
+runtime/ and run as real pods in tests/e2e on the process node, but this demo's pods are still KWOK's and run
+nothing, so the training job ends Failed with the reason in words. `make cluster-down` stops everything the
+demo started.
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ The control plane and the operator keep running. Try:
   {kubectl} describe md churn -n {NAMESPACE}
 Stop everything with: make cluster-down
 
-Next: the runtime (trainer, BentoML server, router, drift monitor) and a node that runs pods as local
-processes, so that training, serving and the closed loop run for real here.""")
+Next: run these pods on the process node (tests/harness/process_node.py) with the example's data and feature
+store, so that training, serving and the closed loop run for real here (tests/e2e already trains and serves).""")
     return 0
 
 
