@@ -150,6 +150,15 @@ class ModelRef(ConfigModel):
     training_job: str | None = None
 
 
+class Champion(ConfigModel):
+    """The project's model in service, which a new model must beat (as the operator resolves it)."""
+
+    model: str | None = None
+    version: str | None = None
+    uri: str | None = None
+    training_job: str | None = None
+
+
 class ReportTarget(ConfigModel):
     status_field: str
 
@@ -171,7 +180,7 @@ class TrainConfig(ConfigModel):
     mode: Literal["max", "min"] = "max"
     storage: Storage
     feature_store: FeatureStoreRef | None = None
-    champion: ModelRef | None = None
+    champion: Champion | None = None
     report: ReportTarget = Field(default_factory=lambda: ReportTarget(status_field="result"))
 
 

@@ -44,7 +44,8 @@ def test_the_trainer_reads_the_config_the_operator_renders(variant):
     assert cfg.spec.data.label_column == job.data.label_column
     assert cfg.spec.output.model_name == job.output.model_name
     assert cfg.metric == rendered["metric"] and cfg.mode == rendered["mode"]
-    assert cfg.champion is not None and cfg.champion.uri == MODEL_URI
+    assert cfg.champion is not None and (cfg.champion.model, cfg.champion.version, cfg.champion.uri) == (
+        "churn-classifier", VERSION, MODEL_URI)
     assert (cfg.spec.tuning is None) == (job.tuning is None)
     assert cfg.spec.distribution.workers == job.distribution.workers
     assert cfg.report.status_field == "result"
