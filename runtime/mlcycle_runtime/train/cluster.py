@@ -53,6 +53,8 @@ def start(dist: Distribution) -> bool:
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], **common)
         return False
+    # A local Ray can hold no more CPUs than the machine has: refuse before paying for its start.
+    fits(dist, machine_cpus(), where="this machine")
     ray.init(num_cpus=local_cpus(dist), num_gpus=dist.gpu_per_worker * dist.workers or None,
              _temp_dir=os.environ.get("RAY_TMPDIR", str(Path(tempfile.gettempdir()) / "ray")), **common)
     return True
@@ -65,18 +67,22 @@ def stop(started: bool) -> None:
         ray.shutdown()
 
 
-def check_fits(dist: Distribution) -> None:
-    """Refuse a trial the cluster can never schedule (Tune would wait for it forever)."""
-    import ray
-
-    have = ray.cluster_resources()
-    cpus, gpus = have.get("CPU", 0), have.get("GPU", 0)
+def fits(dist: Distribution, cpus: float, gpus: float | None = None, where: str = "the Ray cluster") -> None:
+    """Refuse a trial that `cpus` (and `gpus`, when known) can never hold: Tune would wait for it forever."""
     need_cpu, need_gpu = dist.workers * dist.cpu_per_worker, dist.workers * dist.gpu_per_worker
-    if need_cpu > cpus or need_gpu > gpus:
+    if need_cpu > cpus or (gpus is not None and need_gpu > gpus):
         raise ResourceError(
             f"distribution asks {dist.workers} workers x {dist.cpu_per_worker} CPU"
             + (f" x {dist.gpu_per_worker} GPU" if dist.gpu_per_worker else "")
-            + f" but the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs")
+            + f" but {where} has {cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus is not None else ""))
+
+
+def check_fits(dist: Distribution) -> None:
+    """Refuse a trial the running Ray cluster can never schedule."""
+    import ray
+
+    have = ray.cluster_resources()
+    fits(dist, have.get("CPU", 0), have.get("GPU", 0))
 
 
 def storage_path(config: TrainConfig, scratch: Path) -> str:

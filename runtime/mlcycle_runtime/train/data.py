@@ -67,13 +67,30 @@ def feature_columns(frame: pd.DataFrame, config: TrainConfig) -> list[str]:
     return [c for c in frame.columns if c not in excluded]
 
 
+def _repo(config: TrainConfig) -> str:
+    return config.feature_store.repo_path if config.feature_store else "/etc/feast"
+
+
+def service_refs(repo: str, feature_service: str) -> list[str]:
+    """The features a Feast feature service names, as `view:feature` references (what the lineage records)."""
+    from mlcycle_runtime.features import open_store
+
+    try:
+        service = open_store(repo).get_feature_service(feature_service)
+    except Exception as err:
+        reason = " ".join(str(err).split())[:500] or type(err).__name__
+        raise DataError(f"feature service {feature_service} in {repo}: {reason}") from None
+    return [f"{view.name_to_use()}:{feature.name}" for view in service.feature_view_projections
+            for feature in view.features]
+
+
 def _join_features(entities: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
     data = config.spec.data
     try:
         from mlcycle_runtime.features import historical_features
     except ImportError as err:
         raise DataError(f"the feature store helpers are not available: {err}") from None
-    repo = config.feature_store.repo_path if config.feature_store else "/etc/feast"
+    repo = _repo(config)
     frame = entities.copy()
     ts = data.source.timestamp_column
     if ts != "event_timestamp" and ts in frame:
@@ -101,7 +118,7 @@ def load(config: TrainConfig) -> Loaded:
             raise DataError(f"data source {data.source.uri} lacks the entity columns {', '.join(missing)}")
         entities = frame[keys]
         frame = _join_features(entities, config)
-        refs = [f"{data.feature_service}"] if data.feature_service else list(data.features)
+        refs = service_refs(_repo(config), data.feature_service) if data.feature_service else list(data.features)
         features = [c for c in frame.columns if c not in keys] if not data.features else feature_columns(frame, config)
     else:
         features = feature_columns(frame, config)

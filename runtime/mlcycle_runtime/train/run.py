@@ -198,6 +198,9 @@ class Run:
         from ray import tune
 
         dist, tuning = self.spec.distribution, self.spec.tuning
+        algorithm = tuning.algorithm if plan.space else "no"
+        print(f"tuning: {plan.total} trial(s), {algorithm} search, at most {plan.max_concurrent} at a time",
+              flush=True)
         if dist.workers > 1:
             if tuning and tuning.scheduler.type == "asha":
                 # A Ray Train (V2) run that Tune stops mid-way dies with its trial, and only the dashboard's State
@@ -220,7 +223,7 @@ class Run:
                 metric=self.config.metric, mode=self.config.mode, num_samples=plan.num_samples,
                 search_alg=plan.search_alg,
                 scheduler=search.scheduler(tuning, 1 if dist.workers > 1 else progress.max_rounds or 1),
-                max_concurrent_trials=tuning.max_concurrent_trials if tuning else 1),
+                max_concurrent_trials=plan.tune_max_concurrent()),
             run_config=tune.RunConfig(name="tune", storage_path=ray_storage, verbose=0,
                                       callbacks=[search.tune_callback(progress)]),
         )

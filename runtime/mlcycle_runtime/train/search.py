@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -59,36 +60,50 @@ def dimension(name: str, dim: SearchDimension, *, as_grid: bool = False) -> Any:
 
 @dataclass
 class Plan:
-    """What Tune runs: the param space, the searcher (None: Tune's random/grid variant generator), trials."""
+    """What Tune runs: the param space, the searcher (None: Tune's random/grid variant generator), trials, and how
+    many run at once (a model-based searcher carries its own limit, so Tune must not be given a second one)."""
 
     space: dict[str, Any]
     search_alg: Any
     num_samples: int
     total: int
+    max_concurrent: int = 1
+
+    def tune_max_concurrent(self) -> int | None:
+        """The value for TuneConfig.max_concurrent_trials: None when the searcher already limits concurrency."""
+        return None if self.search_alg is not None else self.max_concurrent
 
 
 def plan(tuning: Tuning | None, metric: str, mode: str) -> Plan:
     """Translate the spec's tuning section; a job without one is a single trial of the fixed params."""
     if tuning is None or not tuning.search_space:
         return Plan({}, None, 1, 1)
-    algorithm = tuning.algorithm
+    algorithm, concurrent = tuning.algorithm, tuning.max_concurrent_trials
     grid = algorithm == "grid"
     space = {name: dimension(name, dim, as_grid=grid) for name, dim in tuning.search_space.items()}
     grid_size = math.prod(len(dim.values) for name, dim in tuning.search_space.items()
                           if dim.type == "grid" or grid)
     if grid:
         # Every grid point once: the grid is the plan, numSamples does not multiply it.
-        return Plan(space, None, 1, grid_size)
+        return Plan(space, None, 1, grid_size, concurrent)
     if algorithm == "random":
-        return Plan(space, None, tuning.num_samples, tuning.num_samples * grid_size)
+        return Plan(space, None, tuning.num_samples, tuning.num_samples * grid_size, concurrent)
     package, module, cls = MODEL_BASED[algorithm]
     if importlib.util.find_spec(package) is None:
         raise SearchError(f"tuning.algorithm {algorithm}: the {package} package is not installed in this image; "
                           "use random or grid, or a runtime image with it")
     if any(dim.type == "grid" for dim in tuning.search_space.values()):
         raise SearchError(f"tuning.algorithm {algorithm} cannot search grid dimensions; use choice")
+    from ray.tune.search import ConcurrencyLimiter
+
     searcher = getattr(importlib.import_module(module), cls)(metric=metric, mode=mode)
-    return Plan(space, searcher, tuning.num_samples, tuning.num_samples)
+    if package == "optuna":
+        # Optuna logs every trial it is told about; the trainer prints its own progress line per trial.
+        importlib.import_module("optuna").logging.set_verbosity(logging.WARNING)
+    # A model-based searcher suggests from the results so far: trials started together learn nothing from each
+    # other, so the limit is part of the search (Tune's own wrapper would do the same, less visibly).
+    limited = ConcurrencyLimiter(searcher, max_concurrent=concurrent)
+    return Plan(space, limited, tuning.num_samples, tuning.num_samples, concurrent)
 
 
 def scheduler(tuning: Tuning | None, max_rounds: int) -> Any:

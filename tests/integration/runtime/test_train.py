@@ -1,5 +1,9 @@
 """The trainer as it runs in a pod: `python -m mlcycle_runtime.train --config FILE` as a subprocess, with a local
-Ray (2 CPUs), on generated churn data; its report is the JSON file the Reporter writes when not in a cluster."""
+Ray (2 CPUs), on generated churn data; its report is the JSON file the Reporter writes when not in a cluster.
+
+Each run starts its own Ray (tens of seconds on a loaded machine), so a run checks several things at once: the
+first is tuned by Optuna, the sklearn one reads its data through the example's Feast feature service, and the
+failures that need no Ray are refused before one starts."""
 
 from __future__ import annotations
 
@@ -19,7 +23,12 @@ from mlcycle_runtime.model import load_version
 from tests.harness.pytest_support import unavailable
 
 ROOT = Path(__file__).resolve().parents[3]
+DEFINITIONS = ROOT / "examples" / "churn" / "feature_repo"
 ROWS = 3000
+# The churn_features service's features, as view:feature in the order the service lists them.
+SERVICE_REFS = ["customer_profile:tenure_months", "customer_profile:contract", "customer_profile:plan",
+                "customer_profile:region", "customer_usage:monthly_charges", "customer_usage:support_calls",
+                "customer_usage:data_usage_gb"]
 RUN_TIMEOUT_S = 600
 
 
@@ -36,6 +45,25 @@ def churn(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("train")
+
+
+@pytest.fixture(scope="module")
+def feast_repo(churn, tmp_path_factory) -> Path:
+    """The example's Feast definitions applied over the generated data, in a repo like the operator's /etc/feast
+    (feature_store.yaml alone; registry and online store beside it)."""
+    import yaml
+
+    from mlcycle_runtime.features import apply
+
+    base = tmp_path_factory.mktemp("feast")
+    repo = base / "repo"
+    repo.mkdir()
+    (repo / "feature_store.yaml").write_text(yaml.safe_dump({
+        "project": "churn", "registry": str(base / "registry.db"), "provider": "local",
+        "offline_store": {"type": "file"}, "online_store": {"type": "sqlite", "path": str(base / "online.db")},
+        "entity_key_serialization_version": 3}))
+    apply(repo, definitions=DEFINITIONS, data=churn.parent)
+    return repo
 
 
 def base_config(source: Path | str, store: Path, name: str) -> dict[str, Any]:
@@ -88,8 +116,11 @@ def assert_succeeded(proc: subprocess.CompletedProcess, report: dict[str, Any]) 
 
 @pytest.fixture(scope="module")
 def xgboost_run(churn, workdir):
+    # Optuna's model-based search through Ray Tune, two trials at a time, with ASHA stopping on boosting rounds.
     store = workdir / "store"
-    proc, report = train(workdir, base_config(churn, store, "xgb"))
+    config = base_config(churn, store, "xgb")
+    config["spec"]["tuning"]["algorithm"] = "optuna"
+    proc, report = train(workdir, config)
     assert_succeeded(proc, report)
     return proc, report, store
 
@@ -101,7 +132,9 @@ def test_a_tuned_xgboost_run_reports_everything_the_operator_reads(xgboost_run):
     assert (trials["total"], trials["finished"]) == (4, 4)
     assert set(trials["best"]["config"]) == {"max_depth", "eta", "subsample"}
     assert trials["best"]["metrics"]["roc_auc"] > 0.6
+    assert "tuning: 4 trial(s), optuna search, at most 2 at a time" in proc.stdout
     assert "trial 4/4 done, best roc_auc=" in proc.stdout
+    assert 2 <= trials["best"]["config"]["max_depth"] < 6 and 0.05 <= trials["best"]["config"]["eta"] <= 0.4
     model = report["model"]
     assert model["name"] == "churn-classifier"
     assert model["uri"] == f"file://{store}/churn/models/churn-classifier/{model['version']}"
@@ -114,6 +147,8 @@ def test_a_tuned_xgboost_run_reports_everything_the_operator_reads(xgboost_run):
     assert sum(s["rows"] for s in report["slices"]) == report["lineage"]["rows"]["test"] == ROWS // 10
     lineage = report["lineage"]
     assert lineage["dataFingerprint"].startswith("sha256:")
+    assert lineage["featureRefs"] == ["tenure_months", "monthly_charges", "support_calls", "data_usage_gb",
+                                      "contract", "plan", "region"]
     assert lineage["image"] == "ghcr.io/mlcycle/runtime:test"
     assert lineage["params"]["tree_method"] == "hist" and 1 <= lineage["params"]["num_boost_round"] <= 20
     assert lineage["startTime"] <= lineage["endTime"]
@@ -149,11 +184,16 @@ def test_the_version_is_published_and_serves(xgboost_run, churn, tmp_path):
     assert loaded.reference.prediction is not None and set(loaded.reference.features) == set(card.features.names)
 
 
-def test_an_sklearn_run_beside_a_champion_writes_a_new_version(xgboost_run, churn, workdir):
+def test_an_sklearn_run_on_feast_features_beside_a_champion_writes_a_new_version(xgboost_run, churn, feast_repo,
+                                                                                    workdir):
+    # The entity rows (keys, time, label) come from churn_labels.parquet; every feature comes from the example's
+    # feature service through Feast's point-in-time join.
     _, first, store = xgboost_run
     first_dir = Path(storage.resolve(first["model"]["uri"]).removeprefix("file://"))
     before = {p.name: p.read_bytes() for p in first_dir.iterdir()}
-    config = base_config(churn, store, "skl")
+    config = base_config(churn.parent / "churn_labels.parquet", store, "skl")
+    config["featureStore"] = {"repoPath": str(feast_repo)}
+    config["spec"]["data"]["featureService"] = "churn_features"
     config["spec"]["model"] = {"framework": "sklearn", "params": {"max_iter": 30}}
     config["spec"]["tuning"] = {"numSamples": 2, "maxConcurrentTrials": 1, "searchSpace": {
         "learning_rate": {"type": "choice", "values": ["0.05", "0.2"]}}}
@@ -162,16 +202,25 @@ def test_an_sklearn_run_beside_a_champion_writes_a_new_version(xgboost_run, chur
     proc, report = train(workdir, config)
     assert_succeeded(proc, report)
     assert report["trials"]["total"] == 2 and report["trials"]["finished"] == 2
+    assert report["lineage"]["featureRefs"] == SERVICE_REFS
+    assert report["validation"] == {"passed": True, "violations": []}
+    # Feast's point-in-time join of the labels gives back exactly the table the first run read whole.
+    assert report["lineage"]["dataFingerprint"] == first["lineage"]["dataFingerprint"]
+    assert report["lineage"]["rows"] == first["lineage"]["rows"]
     assert report["model"]["version"] != first["model"]["version"]
     assert report["lineage"]["params"] == {"max_iter": 30,
                                            "learning_rate": report["trials"]["best"]["config"]["learning_rate"]}
-    # The champion is scored on the same test rows: its metrics match what its own job measured.
+    # The champion is scored on the same test rows: its metrics match what its own job measured (so the
+    # features Feast joined are the values the champion was trained and tested on).
     assert report["baselines"]["champion"]["roc_auc"] == pytest.approx(first["metrics"]["roc_auc"], abs=1e-6)
     champion_gate = next(g for g in report["gates"] if g["name"] == "minLiftOverChampion")
     assert champion_gate["value"] == pytest.approx(report["metrics"]["roc_auc"] - first["metrics"]["roc_auc"],
                                                    abs=1e-5)
     assert {p.name: p.read_bytes() for p in first_dir.iterdir()} == before
     assert storage.exists(report["model"]["uri"])
+    card = load_version(report["model"]["uri"], workdir / "skl-fetched").card
+    assert card.framework == "sklearn" and sorted(card.features.names) == sorted(r.split(":")[1] for r in SERVICE_REFS)
+    assert card.lineage["featureRefs"] == SERVICE_REFS
 
 
 def test_asha_stops_bad_trials_early_and_an_unloadable_champion_is_skipped(xgboost_run, churn, workdir):
@@ -202,6 +251,8 @@ def test_distributed_training_honours_the_worker_count(churn, workdir):
     config = base_config(churn, workdir / "store-dist", "dist")
     config["spec"]["distribution"] = {"workers": 2, "cpuPerWorker": 1}
     config["spec"]["tuning"].update(numSamples=2, maxConcurrentTrials=1)
+    # Every round is a collective report across the Ray Train workers, the slow part of a data-parallel trial.
+    config["spec"]["model"]["params"]["num_boost_round"] = 5
     proc, report = train(workdir, config)
     assert_succeeded(proc, report)
     assert report["trials"]["finished"] == 2 and report["metrics"]["roc_auc"] > 0.6
@@ -257,4 +308,6 @@ def test_an_impossible_distribution_fails_before_training(churn, workdir):
     config["spec"]["distribution"] = {"workers": 64, "cpuPerWorker": 1}
     proc, report = train(workdir, config)
     assert proc.returncode == 1 and report["phase"] == "Failed"
-    assert "distribution asks 64 workers x 1.0 CPU but the Ray cluster has" in report["error"]
+    # Refused against the machine's CPUs, before a local Ray was started for nothing.
+    cpus = len(os.sched_getaffinity(0))
+    assert report["error"] == f"distribution asks 64 workers x 1.0 CPU but this machine has {cpus} CPUs"

@@ -10,6 +10,7 @@ from ray.tune.search import sample
 
 from mlcycle_runtime.config import SearchDimension, Tuning
 from mlcycle_runtime.train import search
+from tests.harness.pytest_support import unavailable
 
 
 def tuning(space: dict, **kw) -> Tuning:
@@ -69,11 +70,52 @@ def test_bad_dimensions_name_the_field(dim, message):
         search.dimension("x", SearchDimension.model_validate(dim))
 
 
-@pytest.mark.parametrize("algorithm", ["optuna", "hyperopt"])
-def test_model_based_search_needs_its_package(algorithm):
-    spec = tuning({"eta": {"type": "uniform", "lower": 0, "upper": 1}}, algorithm=algorithm, numSamples=3)
-    if importlib.util.find_spec(algorithm) is None:
-        with pytest.raises(search.SearchError, match=f"the {algorithm} package is not installed"):
+def test_random_and_grid_hand_their_concurrency_to_tune():
+    spec = tuning({"a": {"type": "grid", "values": ["1", "2"]}}, maxConcurrentTrials=3)
+    assert search.plan(spec, "roc_auc", "max").tune_max_concurrent() == 3
+    assert search.plan(None, "roc_auc", "max").tune_max_concurrent() == 1
+
+
+def test_optuna_searches_through_ray_tunes_searcher_behind_the_concurrency_limit():
+    if importlib.util.find_spec("optuna") is None:
+        unavailable("optuna", "the optuna package is not installed (requirements/dev.lock pins it)")
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = tuning({"eta": {"type": "loguniform", "lower": 0.01, "upper": 0.3},
+                   "max_depth": {"type": "randint", "lower": 2, "upper": 8},
+                   "subsample": {"type": "choice", "values": ["0.7", "1.0"]}},
+                  algorithm="optuna", numSamples=6, maxConcurrentTrials=2)
+    plan = search.plan(spec, "log_loss", "min")
+    assert (plan.num_samples, plan.total, plan.max_concurrent) == (6, 6, 2)
+    limiter = plan.search_alg
+    assert isinstance(limiter, ConcurrencyLimiter) and limiter.max_concurrent == 2
+    assert isinstance(limiter.searcher, OptunaSearch)
+    assert (limiter.searcher.metric, limiter.searcher.mode) == ("log_loss", "min")
+    # The searcher carries the limit, so Tune must not be given a second one (it refuses a mismatch).
+    assert plan.tune_max_concurrent() is None
+    # What Tune does with the param space: the searcher suggests inside it, two at a time and no more.
+    assert limiter.set_search_properties("log_loss", "min", plan.space)
+    first, second, third = (limiter.suggest(f"t{i}") for i in range(3))
+    for config in (first, second):
+        assert 0.01 <= config["eta"] <= 0.3 and 2 <= config["max_depth"] < 8 and config["subsample"] in (0.7, 1.0)
+    assert third is None
+    limiter.on_trial_complete("t0", {"log_loss": 0.4, **first})
+    assert limiter.suggest("t3") is not None
+
+
+def test_optuna_refuses_grid_dimensions():
+    if importlib.util.find_spec("optuna") is None:
+        unavailable("optuna", "the optuna package is not installed (requirements/dev.lock pins it)")
+    spec = tuning({"eta": {"type": "grid", "values": ["0.1", "0.3"]}}, algorithm="optuna")
+    with pytest.raises(search.SearchError, match=r"tuning\.algorithm optuna cannot search grid dimensions; use choice"):
+        search.plan(spec, "roc_auc", "max")
+
+
+def test_hyperopt_without_its_package_is_refused_in_words():
+    spec = tuning({"eta": {"type": "uniform", "lower": 0, "upper": 1}}, algorithm="hyperopt", numSamples=3)
+    if importlib.util.find_spec("hyperopt") is None:
+        with pytest.raises(search.SearchError, match="the hyperopt package is not installed in this image"):
             search.plan(spec, "roc_auc", "max")
     else:
         plan = search.plan(spec, "roc_auc", "max")
