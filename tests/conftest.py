@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+# Session fixtures the cluster tiers share; imported here so that there is exactly one instance of each.
+from tests.cluster_fixtures import ml, mlcycle_crds, operator, prometheus, router_metrics  # noqa: F401
 from tests.harness import binaries
 from tests.harness.cluster import MARKER_CONFIGMAP, LocalCluster
 from tests.harness.pytest_support import unavailable

@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the integration tier's operator and namespaces, plus a node that runs pods for real.
+"""End-to-end fixtures: a node that runs pods for real (the operator and namespaces are tests/conftest.py's).
 
 While an e2e module runs, the KWOK nodes are cordoned, so every pod the operator creates lands on the process
 node and what the operator writes into a pod spec is what actually runs.
@@ -15,9 +15,6 @@ from kubernetes import client
 
 from tests.harness import process_node
 from tests.harness.pytest_support import unavailable
-from tests.integration.conftest import ml, mlcycle_crds, operator, prometheus, router_metrics
-
-__all__ = ["ml", "mlcycle_crds", "operator", "prometheus", "router_metrics"]
 
 
 @pytest.fixture(scope="module")

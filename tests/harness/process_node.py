@@ -447,7 +447,8 @@ class ProcessNode:
         gid = sc.get("runAsGroup", pod_sc.get("runAsGroup", uid))
         plan = {"mounts": mounts, "readOnlyRoot": bool(sc.get("readOnlyRootFilesystem")), "uid": uid, "gid": gid,
                 "workingDir": c.get("workingDir") or str(ROOT), "argv": argv, "env": env,
-                "expose": [os.path.realpath(sys.base_prefix)]}
+                "expose": [os.path.realpath(sys.base_prefix)],
+                "keep": sorted({str(ROOT), os.path.realpath(sys.prefix), str(self.python_bin.parent)})}
         plan_path = run.directory / f"{container.name}.plan.json"
         plan_path.write_text(json.dumps(plan, indent=1))
         logfile = open(container.log_path, "ab")  # noqa: SIM115 — the child owns it; closed below

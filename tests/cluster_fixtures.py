@@ -1,4 +1,6 @@
-"""Integration fixtures: the mlcycle CRDs, Prometheus, the operator, and a namespace with model storage."""
+"""Fixtures of the tiers that run on the cluster: the mlcycle CRDs, Prometheus, the operator, and a namespace with
+model storage. Registered once, in tests/conftest.py, so the integration and e2e tiers share one operator (a
+conftest per tier would start one per tier, and two operators would fight over the same objects)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from kubernetes import client
 
 from tests.integration.helpers import Mlcycle
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
