@@ -43,20 +43,22 @@ def main(plan_path: str) -> None:
         for path in plan.get("expose", []):
             expose(path)
     # Sources are held open first: a mount over /tmp would otherwise hide every source that lives under /tmp.
+    # They are mounted through /proc/<pid>/fd/N without canonicalising, which would turn the fd back into a
+    # path name that, by then, may resolve inside the new mount.
     sources = [os.open(m["source"], os.O_PATH) for m in plan["mounts"]]
     # So are the host paths the command needs (the checkout and its venv): a volume over /tmp must not hide a
     # checkout that lives there; they are bound back inside such a volume below.
     keep = {path: os.open(path, os.O_PATH) for path in plan.get("keep", []) if os.path.isdir(path)}
     for m, fd in zip(plan["mounts"], sources, strict=True):
         os.makedirs(m["target"], exist_ok=True)
-        mount("--bind", f"/proc/{os.getpid()}/fd/{fd}", m["target"], pass_fds=(fd,))
+        mount("--no-canonicalize", "--bind", f"/proc/{os.getpid()}/fd/{fd}", m["target"], pass_fds=(fd,))
         if m.get("readOnly"):
             mount("-o", "remount,bind,ro", m["target"])
         os.close(fd)
     for path, fd in keep.items():
         if any(Path(path).is_relative_to(m["target"]) for m in plan["mounts"]):
             os.makedirs(path, exist_ok=True)
-            mount("--bind", f"/proc/{os.getpid()}/fd/{fd}", path, pass_fds=(fd,))
+            mount("--no-canonicalize", "--bind", f"/proc/{os.getpid()}/fd/{fd}", path, pass_fds=(fd,))
         os.close(fd)
     if plan.get("readOnlyRoot"):
         mount("-o", "remount,bind,ro", "/")
