@@ -21,7 +21,9 @@ from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
-ON_NODE = {"nodeSelector": {process_node.NODE_LABEL: "true"}}
+NODE = "process-node-test"
+# This node exactly: another process node (an e2e module's, being torn down) must not take these pods.
+ON_NODE = {"nodeSelector": {process_node.NODE_LABEL: "true", "kubernetes.io/hostname": NODE}}
 RESTRICTED = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "readOnlyRootFilesystem": True,
               "allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
@@ -32,7 +34,7 @@ def node(api_client):
     if reason:
         unavailable("process node", reason)
     directory = Path(tempfile.mkdtemp(prefix="mlcycle-process-node-"))
-    pn = process_node.ProcessNode(api_client, directory, name="process-node-test")
+    pn = process_node.ProcessNode(api_client, directory, name=NODE)
     pn.start()
     yield pn
     pn.stop()
