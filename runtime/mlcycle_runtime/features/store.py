@@ -71,6 +71,12 @@ def _feature_service(store: FeatureStore, name: str) -> Any:
                                 f"known: {known}") from None
 
 
+def feature_service_refs(repo: str | Path, feature_service: str) -> list[str]:
+    """The features a feature service names, as `view:feature` references (what a model's lineage records)."""
+    service = _feature_service(open_store(repo), feature_service)
+    return [f"{p.name_to_use()}:{f.name}" for p in service.feature_view_projections for f in p.features]
+
+
 def _refs_by_view(store: FeatureStore, feature_service: str | None, features: Sequence[str]) -> dict[str, list[str]]:
     """The requested features as view:feature references, grouped by feature view."""
     if bool(feature_service) == bool(features):

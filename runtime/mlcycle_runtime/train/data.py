@@ -72,16 +72,14 @@ def _repo(config: TrainConfig) -> str:
 
 
 def service_refs(repo: str, feature_service: str) -> list[str]:
-    """The features a Feast feature service names, as `view:feature` references (what the lineage records)."""
-    from mlcycle_runtime.features import open_store
+    """The service's features as `view:feature` (the lineage's featureRefs); a Feast error becomes a DataError."""
+    from mlcycle_runtime.features import feature_service_refs
 
     try:
-        service = open_store(repo).get_feature_service(feature_service)
+        return feature_service_refs(repo, feature_service)
     except Exception as err:
         reason = " ".join(str(err).split())[:500] or type(err).__name__
         raise DataError(f"feature service {feature_service} in {repo}: {reason}") from None
-    return [f"{view.name_to_use()}:{feature.name}" for view in service.feature_view_projections
-            for feature in view.features]
 
 
 def _join_features(entities: pd.DataFrame, config: TrainConfig) -> pd.DataFrame:
