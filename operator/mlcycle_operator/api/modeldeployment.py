@@ -152,6 +152,9 @@ class Strategy(ApiModel):
     canary: Canary | None = Field(None, description="Canary settings (type Canary).")
     shadow: Shadow | None = Field(None, description="Shadow settings (type Shadow).")
     blue_green: BlueGreen | None = Field(None, description="Blue-green settings (type BlueGreen).")
+    scale_down_delay: Duration = Field(
+        "30s", description="How long the server of a version that left the routing table (promoted over or rolled "
+        "back) keeps running, so requests the router sent it before it saw the new table still get an answer.")
 
     model_config = validations(
         {"rule": "!has(self.canary) || self.type == 'Canary'", "message": "canary settings need type Canary",
@@ -238,3 +241,6 @@ class ModelDeploymentStatus(StatusBase):
     desired_replicas: int = Field(0, description="Desired serving replicas over all versions.")
     training_job: str | None = Field(None, description="TrainingJob that produced the stable version.")
     model_uri: str | None = Field(None, description="URI of the stable version.")
+    retiring: list[str] = Field(
+        default_factory=list, description="Versions out of the routing table whose servers are still running "
+        "until spec.strategy.scaleDownDelay has passed; removed after that.")

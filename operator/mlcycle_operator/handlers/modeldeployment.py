@@ -16,6 +16,7 @@ from ..api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeployment
 from ..metrics import ROLLOUT_DECISIONS, reconciling
 from ..resources import serving as builders
 from ..resources.common import LABEL_COMPONENT, LABEL_INSTANCE, Meta
+from ..units import parse_duration
 from . import _children, _events, _status
 from .mlproject import runtime_image
 
@@ -99,7 +100,8 @@ def modeldeployment_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Sta
 
 
 def _rolling_out(status: kopf.Status, **_: Any) -> bool:
-    return bool((status or {}).get("rollout"))
+    """A rollout under way, or a version draining: both need the clock, not only events."""
+    return bool((status or {}).get("rollout") or (status or {}).get("retiring"))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=3, idle=2, when=_rolling_out)
@@ -185,7 +187,9 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         if md.service_monitor and kube.resource_served("monitoring.coreos.com/v1", "servicemonitors"):
             children.append(builders.service_monitor(md, meta))
         _children.apply_owned(body, children)
-        if existing - set(serve):  # a version left the routing table: remove its server and companions
+        retiring = sorted(existing - set(serve))
+        if retiring and _drained(md, current, decision, now):  # remove the servers of versions that left
+            retiring = []
             keep = {builders.version_name(meta.name, v) for v in serve}
             selector = f"{LABEL_INSTANCE}={meta.name},{LABEL_COMPONENT}=model-server"
             for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"),
@@ -194,11 +198,25 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
                 _children.prune(body, api_version, kind, meta.namespace, selector, keep)
 
         new = _status_from(decision, current, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions))
+        new["retiring"] = retiring or None
         _status.write(patch, status, new)
         failed_run = decision.analysis_run is not None and decision.analysis_run.verdict == "Fail"
         if decision.action not in QUIET_ACTIONS or failed_run:
             warning = decision.action is rollout.Action.ROLL_BACK or failed_run
             (_events.warning if warning else _events.normal)(body, decision.reason, decision.message)
+
+
+def _drained(md: ModelDeploymentSpec, current: ModelDeploymentStatus, decision: rollout.Decision, now) -> bool:
+    """Whether the versions that left the routing table left at least scaleDownDelay ago (when the last rollout
+    ended; now, when this decision ends one). The router switches tables a moment after status changes and may
+    send a version requests until then; Recreate takes the old version down first by definition."""
+    if md.strategy.type == "Recreate":
+        return True
+    if decision.history_entry is not None:
+        return parse_duration(md.strategy.scale_down_delay) == 0
+    if not current.history:
+        return True  # no rollout ever ended: a version left by a spec change (pinned model), nothing to drain
+    return (now - current.history[-1].time).total_seconds() >= parse_duration(md.strategy.scale_down_delay)
 
 
 def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md: ModelDeploymentSpec, meta: Meta,
