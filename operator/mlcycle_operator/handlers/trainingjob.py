@@ -104,10 +104,17 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
             lineage["endTime"] = now
         observed.status["lineage"] = lineage
         _status.write(patch, status, observed.status)
-        if observed.status["phase"] == "Succeeded" and observed.status.get("gatesPassed"):
-            _nudge_tracking_deployments(body, observed.status)
         for type_, reason, message in observed.events:
             (_events.normal if type_ == "Normal" else _events.warning)(body, reason, message)
+
+
+@kopf.on.field(GROUP, VERSION, PLURAL, field="status.phase")
+def trainingjob_finished(body: kopf.Body, new: Any, **_: Any) -> None:
+    """A gated model exists now: tell the deployments that track it. Here, once the phase is stored, and not
+    where the phase is decided: a deployment nudged before the patch lands would still read the job as running."""
+    status = body.get("status") or {}
+    if new == "Succeeded" and status.get("gatesPassed"):
+        _nudge_tracking_deployments(body, status)
 
 
 def _nudge_tracking_deployments(body: kopf.Body, status: dict[str, Any]) -> None:
