@@ -18,6 +18,7 @@ from . import _children, _events, _status
 from .mlproject import runtime_image
 
 PLURAL = "driftmonitors"
+WAITING_FOR_MODEL = "WaitingForModel"
 
 
 def _reference_uri(spec: DriftMonitorSpec, deployment: dict[str, Any]) -> str | None:
@@ -48,8 +49,18 @@ def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
         project_spec = MLProjectSpec.model_validate(project["spec"]) if project else None
         if project_spec is None:
             raise kopf.TemporaryError(f"MLProject {project_name} not found", delay=15)
+        reference = _reference_uri(monitor, deployment)
+        if reference is None:
+            # Nothing to compare live traffic with: a monitor started now could only fail. The timer looks again.
+            message = (f"ModelDeployment {monitor.deployment} serves no model yet; the monitor starts when it does "
+                       "(it compares live traffic with the served model's reference histograms)")
+            _status.write(patch, status, {"observedGeneration": meta.generation, "phase": "Pending",
+                                          "conditions": cond.set_condition(list(old.get("conditions", [])),
+                                                                           cond.READY, False, WAITING_FOR_MODEL,
+                                                                           message, meta.generation)})
+            return
         config = builders.monitor_config(monitor, meta, deployment.get("status") or {}, memo.config.prometheus_url,
-                                         _reference_uri(monitor, deployment))
+                                         reference)
         with_rule = monitor.alerting.enabled and kube.resource_served("monitoring.coreos.com/v1", "prometheusrules")
         image = monitor.image or runtime_image(project_spec, memo)
         _children.apply_owned(body, builders.children(monitor, meta, project_name, project_spec, image, config,
