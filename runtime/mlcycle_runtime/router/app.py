@@ -84,6 +84,9 @@ class Router:
         self.endpoints: Endpoints | None = Endpoints(config.namespace) if self.watch_cluster else None
         self.sticky = config.sticky_header.lower().encode("latin-1")
         self.reference_uri: str | None = None
+        # In a cluster, the watched ModelDeployment's status.modelUri: the stable version's reference at once,
+        # where the mounted config would follow only when the kubelet syncs the ConfigMap (a minute or more).
+        self.served_uri: str | None = None
         self._reference_wanted = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
         self._shadow_timeout = aiohttp.ClientTimeout(total=SHADOW_TIMEOUT_SECONDS)
@@ -99,13 +102,21 @@ class Router:
         self.config = config
         self.sticky = config.sticky_header.lower().encode("latin-1")
         self._rebuild()
-        if config.reference_uri != self.reference_uri:
+        if self.wanted_reference != self.reference_uri:
             self._reference_wanted.set()
 
-    def set_traffic(self, traffic: list[dict[str, Any]]) -> None:
-        """The ModelDeployment's status.traffic; empty (not rolled out yet, or deleted) keeps the config's table."""
+    @property
+    def wanted_reference(self) -> str | None:
+        return self.served_uri or self.config.reference_uri
+
+    def set_traffic(self, traffic: list[dict[str, Any]], model_uri: str | None = None) -> None:
+        """The ModelDeployment's status.traffic (empty: not rolled out yet, or deleted, keeps the config's table)
+        and status.modelUri, whose reference the features are binned with."""
         self.traffic = traffic
         self._synced["traffic"] = True
+        if model_uri and model_uri != self.served_uri:
+            self.served_uri = model_uri
+            self._reference_wanted.set()
         self._rebuild()
 
     def set_slices(self, slices: dict[str, Slice]) -> None:
@@ -129,7 +140,7 @@ class Router:
         """Keep the reference of config.reference_uri loaded; retry while it is unavailable (log once per URI)."""
         failed_uri = None
         while True:
-            uri = self.config.reference_uri
+            uri = self.wanted_reference
             if uri != self.reference_uri:
                 if not uri:
                     self.metrics.set_reference(None)

@@ -67,7 +67,7 @@ class ClusterWatcher:
     client is synchronous) and hands every change to the event loop."""
 
     def __init__(self, namespace: str, name: str, loop: asyncio.AbstractEventLoop,
-                 on_traffic: Callable[[list[dict[str, Any]]], None],
+                 on_traffic: Callable[[list[dict[str, Any]], str | None], None],
                  on_slices: Callable[[dict[str, Slice]], None]) -> None:
         self.namespace, self.name, self.loop = namespace, name, loop
         self.on_traffic, self.on_slices = on_traffic, on_slices
@@ -109,8 +109,8 @@ class ClusterWatcher:
 
     def _deployment_changed(self, objects: dict[str, dict[str, Any]]) -> None:
         deployment = objects.get(self.name)
-        traffic = ((deployment or {}).get("status") or {}).get("traffic") or []
-        self._post(self.on_traffic, list(traffic))
+        status = (deployment or {}).get("status") or {}
+        self._post(self.on_traffic, list(status.get("traffic") or []), status.get("modelUri"))
 
     def _slices_changed(self, objects: dict[str, dict[str, Any]]) -> None:
         self._post(self.on_slices, slices_by_name(objects.values()))
