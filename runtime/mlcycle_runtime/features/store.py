@@ -10,6 +10,7 @@ materializing need only the YAML, because Feast reads the definitions back from 
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,9 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
 if TYPE_CHECKING:
+    import pandas as pd
     from feast import FeatureStore
 
 CONFIG_FILE = "feature_store.yaml"
@@ -39,18 +39,23 @@ def _one_line(err: BaseException) -> str:
 
 def open_store(repo_path: str | Path) -> FeatureStore:
     """The Feast store configured by `<repo_path>/feature_store.yaml`."""
+    repo = Path(repo_path)
+    if not (repo / CONFIG_FILE).is_file():  # said before seconds of importing Feast
+        raise FeatureStoreError(f"{repo} is not a Feast repository: it has no {CONFIG_FILE}")
     import yaml
     from feast import FeatureStore
     from feast.errors import FeastError
     from feast.repo_config import FeastConfigError
 
-    repo = Path(repo_path)
-    if not (repo / CONFIG_FILE).is_file():
-        raise FeatureStoreError(f"{repo} is not a Feast repository: it has no {CONFIG_FILE}")
     try:
         return FeatureStore(repo_path=str(repo))
     except (FeastError, FeastConfigError, yaml.YAMLError, TypeError, ValueError) as err:
         raise FeatureStoreError(f"{repo / CONFIG_FILE}: {_one_line(err)}") from None
+
+
+def serving_store(repo_path: str | Path) -> FeatureStore:
+    """The store online lookups use, opened once per repository and process (the model server opens it early)."""
+    return _serving_store(str(Path(repo_path).resolve()))
 
 
 @functools.lru_cache(maxsize=8)
@@ -95,6 +100,8 @@ def _refs_by_view(store: FeatureStore, feature_service: str | None, features: Se
 
 def _timestamp_column(entity_df: pd.DataFrame) -> str:
     """Feast's rule: `event_timestamp` if present, else the one datetime column."""
+    import pandas as pd
+
     stamps = [c for c, t in entity_df.dtypes.items() if pd.api.types.is_datetime64_any_dtype(t)]
     if "event_timestamp" in stamps:
         return "event_timestamp"
@@ -108,6 +115,7 @@ def historical_features(repo_path: str | Path, entity_df: pd.DataFrame, feature_
                         features: Sequence[str] = ()) -> pd.DataFrame:
     """The entity rows, in their order and with their other columns (labels), plus each feature as it was at
     the row's timestamp (Feast's point-in-time join); a feature the store has no value for is null."""
+    import pandas as pd
     from feast.errors import FeastError
 
     if not isinstance(entity_df, pd.DataFrame) or entity_df.empty:
@@ -143,17 +151,88 @@ def online_features(repo_path: str | Path, feature_service: str,
                     entity_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The latest materialized features for each entity row (None where the store has no value), one dict per
     row with its entity keys."""
-    from feast.errors import FeastError
-
     if not entity_rows:
         return []
-    store = _serving_store(str(Path(repo_path).resolve()))
+    columns, _ = _online(repo_path, feature_service, entity_rows)
+    return [{name: values[i] for name, values in columns.items()} for i in range(len(entity_rows))]
+
+
+def online_values(repo_path: str | Path, feature_service: str,
+                  entity_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per entity row, the features the online store holds for it (a stored null stays None) without the entity
+    keys; a feature it holds nothing for is left out, so an entity it does not know gets an empty dict."""
+    if not entity_rows:
+        return []
+    columns, held = _online(repo_path, feature_service, entity_rows)
+    return [{name: values[i] for name, values in columns.items() if held[name][i] and name not in row}
+            for i, row in enumerate(entity_rows)]
+
+
+class EntityKeyError(FeatureStoreError, ValueError):
+    """Entity rows whose keys cannot be looked up (a wrong type, out of range): the caller's fault, not the store's.
+    `problems` holds (row index, "key: why") pairs."""
+
+    def __init__(self, problems: list[tuple[int, str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(f"entity_rows[{i}].{why}" for i, why in problems))
+
+
+_INT_BOUNDS = {"INT32": 2**31, "INT64": 2**63}
+
+
+def _key_problem(key: str, value: Any, value_type: str) -> str | None:
+    # Feast coerces keys with int() (so "7", 7.9 and true are looked up as 7 and 1) and answers a null with a
+    # TypeError: each must be refused here, naming the key, or it scores the wrong customer or becomes a 5xx.
+    kind = "null" if value is None else type(value).__name__
+    if value_type in _INT_BOUNDS:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return f"{key}: expected an integer, got {kind}"
+        bound = _INT_BOUNDS[value_type]
+        if not -bound <= int(value) < bound:
+            return f"{key}: {value} is out of range for {value_type}"
+    elif value_type == "STRING" and not isinstance(value, str):
+        return f"{key}: expected a string, got {kind}"
+    return None
+
+
+def _online(repo_path: str | Path, feature_service: str,
+            entity_rows: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list[Any]], dict[str, list[bool]]]:
+    """Feast's answer for the entity rows: per feature (and entity key) the values by row, and whether the store
+    holds a row for that entity in the feature's view."""
+    from feast.errors import FeastError
+    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
+
+    store = serving_store(repo_path)
     service = _feature_service(store, feature_service)
+    types = {e.join_key: e.value_type.name for e in store.list_entities()}
+    problems = [(i, why) for i, row in enumerate(entity_rows) for key, value in row.items()
+                if key in types and (why := _key_problem(key, value, types[key]))]
+    if problems:
+        raise EntityKeyError(problems)
     try:
-        columns = store.get_online_features(features=service, entity_rows=[dict(r) for r in entity_rows]).to_dict()
+        response = store.get_online_features(features=service, entity_rows=[dict(r) for r in entity_rows])
     except FeastError as err:
         raise FeatureStoreError(_one_line(err)) from None
-    return [{name: values[i] for name, values in columns.items()} for i in range(len(entity_rows))]
+    except Exception as err:  # the store's client: connection refused, timeouts, a missing table
+        raise FeatureStoreError(f"{_online_store_name(store)} could not be read: {_one_line(err)}") from None
+    columns = response.to_dict()
+    names = response.proto.metadata.feature_names.val
+    present = (FieldStatus.PRESENT, FieldStatus.NULL_VALUE)
+    # The status alone does not tell: Feast 0.67's Redis store answers an unknown entity with PRESENT empty values
+    # (SQLite: NOT_FOUND). Both leave its event timestamp unset (0), and a materialized row never has one at 0.
+    held = {name: [status in present and (stamp.seconds or stamp.nanos) > 0
+                   for status, stamp in zip(result.statuses, result.event_timestamps, strict=True)]
+            for name, result in zip(names, response.proto.results, strict=True)}
+    return columns, held
+
+
+def _online_store_name(store: FeatureStore) -> str:
+    """The online store in words, for errors: its type and where it is (never a password from the config)."""
+    online = store.config.online_store
+    kind = getattr(online, "type", None) or type(online).__name__
+    # A Redis connection string is "host:port,password=...,ssl=true": the address is its first part.
+    where = str(getattr(online, "connection_string", "") or "").split(",")[0] or getattr(online, "path", "")
+    return f"the {kind} online store" + (f" at {where}" if where else "")
 
 
 @contextmanager
@@ -212,6 +291,8 @@ def apply(repo_path: str | Path, definitions: str | Path | None = None, data: st
 
 
 def _utc(value: datetime | str | None) -> datetime:
+    import pandas as pd
+
     ts = pd.Timestamp(value if value is not None else pd.Timestamp.now(tz="UTC"))
     return (ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")).to_pydatetime()
 

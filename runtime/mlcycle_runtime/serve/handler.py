@@ -101,6 +101,35 @@ class RequestHandler:
                 and all(k in record for k in self.entity_keys)
                 and not self._feature_names.issubset(record.keys()))
 
+    def entity(self, record: Mapping[str, Any]) -> str:
+        """The entity a keyed record names, as a reader would write it: `customer_id=100001`."""
+        return ", ".join(f"{k}={record[k]!r}" for k in self.entity_keys)
+
+    def bad_entity_keys(self, keyed: Sequence[int], problems: Sequence[tuple[int, str]]) -> Rejection:
+        """The 400 for entity keys the online store cannot look up; `problems` index the keyed records."""
+        fields = [f"records[{keyed[row]}].{why}" for row, why in problems]
+        return Rejection(400, f"{len({row for row, _ in problems})} record(s) carry an entity key the online store "
+                              "cannot look up", "invalid_entity_key", _capped(fields))
+
+    def unresolved_entities(self, records: Sequence[Any], keyed: Sequence[int], found: Sequence[Mapping[str, Any]],
+                            feature_service: str) -> Rejection | None:
+        """The 422 for keyed records the online store could not complete, each naming its entity (an unknown one:
+        the store holds nothing for it), or None when every keyed record is complete."""
+        fields, entities = [], []
+        for i, features in zip(keyed, found, strict=True):
+            lacking = [name for name in self.schema.names if name not in records[i]]
+            if not lacking:
+                continue
+            entity = self.entity(records[i])
+            entities.append(entity)
+            fields.append(f"records[{i}]: {entity} is not in the online store" if not features else
+                          f"records[{i}]: the online store has no {', '.join(lacking)} for {entity}")
+        if not fields:
+            return None
+        named = "; ".join(entities[:5]) + (f"; and {len(entities) - 5} more" if len(entities) > 5 else "")
+        return Rejection(422, f"no online features (feature service {feature_service!r}) for {named}",
+                         "unknown_entity", _capped(fields))
+
     def validate(self, records: Sequence[Any]) -> None:
         """Every problem of every record, each prefixed with its index; raises one 400 naming them all."""
         problems: list[str] = []
@@ -113,12 +142,9 @@ class RequestHandler:
                                 for p in found)
         if not problems:
             return
-        shown = problems[:MAX_FIELD_MESSAGES]
-        if len(problems) > len(shown):
-            shown.append(f"... and {len(problems) - len(shown)} more")
         raise Rejection(400, f"{bad_records} of {len(records)} record(s) cannot be scored by {self.card.tag}: "
                              f"{len(problems)} bad field(s)",
-                        "invalid_record", shown)
+                        "invalid_record", _capped(problems))
 
     def encode(self, records: Sequence[Mapping[str, Any]]) -> np.ndarray:
         return self.schema.encode_records(records)
@@ -129,16 +155,21 @@ class RequestHandler:
         fields = [f"records[{i}].{self.schema.features[j].name}: "
                   f"{'null' if records[i].get(self.schema.features[j].name) is None else 'unseen category'}"
                   for i, j in zip(rows.tolist(), cols.tolist(), strict=True)]
-        shown = fields[:MAX_FIELD_MESSAGES]
-        if len(fields) > len(shown):
-            shown.append(f"... and {len(fields) - len(shown)} more")
         return Rejection(422, f"{self.card.tag} ({self.card.framework}) cannot score missing values or unseen "
-                              "categories; send a value for each", "missing_value", shown)
+                              "categories; send a value for each", "missing_value", _capped(fields))
 
     def answer(self, predictions: Any) -> dict[str, Any]:
         """The response body: binary and regression give one float per record, multiclass a list of probabilities."""
         values = predictions.tolist() if isinstance(predictions, np.ndarray) else list(predictions)
         return {"model": self.card.name, "version": self.card.version, "predictions": values}
+
+
+def _capped(fields: list[str]) -> list[str]:
+    """Enough to fix a request by: the first MAX_FIELD_MESSAGES, then how many more."""
+    shown = fields[:MAX_FIELD_MESSAGES]
+    if len(fields) > len(shown):
+        shown.append(f"... and {len(fields) - len(shown)} more")
+    return shown
 
 
 def scores(predictions: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse
 
 from mlcycle_runtime import config as cfg
 from mlcycle_runtime import metrics as names
+from mlcycle_runtime.features.store import EntityKeyError
 from mlcycle_runtime.model import LoadedModel, load_version
 from mlcycle_runtime.serve.handler import VERSION_HEADER, Rejection, RequestHandler, decode_body, scores
 
@@ -86,13 +87,22 @@ def score_buckets(model: LoadedModel) -> list[float]:
 
 
 def fetch_online_features(repo_path: str, feature_service: str, entity_rows: list[dict[str, Any]]) -> list[dict]:
-    """Feature values per entity row from the online store (Feast, through mlcycle_runtime.features)."""
-    from mlcycle_runtime.features import online_features
+    """Per entity row, the features Feast's online store holds for it: a stored null stays None, a feature it holds
+    nothing for is left out (an unknown entity gets {})."""
+    from mlcycle_runtime.features.store import online_values
 
-    found = online_features(repo_path, feature_service, entity_rows)
-    if isinstance(found, dict):  # Feast's to_dict(): columns of values, one per entity row
-        return [{k: v[i] for k, v in found.items()} for i in range(len(entity_rows))]
-    return list(found)
+    return online_values(repo_path, feature_service, entity_rows)
+
+
+def warm_online_store(repo_path: str) -> None:
+    """Import Feast and open the store before readyz turns true, so the first keyed request does not pay seconds of
+    imports on the event loop's thread pool; a store that cannot be opened yet is only logged (requests say why)."""
+    try:
+        from mlcycle_runtime.features.store import serving_store
+
+        serving_store(repo_path)
+    except Exception as err:
+        logger.warning("online features: cannot open the Feast repository %s yet: %s", repo_path, err)
 
 
 class PredictInput(bentoml.IODescriptor):
@@ -139,6 +149,8 @@ class ModelServer:
         self.handler = RequestHandler(card, online.entity_keys if online else ())
         self.feature_repo = (config.feature_store or cfg.FeatureStoreRef()).repo_path
         self.lookup = fetch_online_features
+        if online is not None:
+            warm_online_store(self.feature_repo)
         self.batched = BATCHED and config.batching.enabled and config.batching.max_batch_size > 1
         self.metrics = ServerMetrics(card.version, score_buckets(self.model), registry)
         self.ready = True
@@ -181,16 +193,21 @@ class ModelServer:
         rows = [{k: records[i][k] for k in online.entity_keys} for i in keyed]
         try:
             found = await anyio.to_thread.run_sync(self.lookup, self.feature_repo, online.feature_service, rows)
-        except ImportError:
+        except EntityKeyError as err:  # a key of the wrong type: the request's fault, named per record
+            raise self.handler.bad_entity_keys(keyed, err.problems) from None
+        except ImportError as err:
             raise Rejection(501, "records carry only entity keys, but this server cannot read online features "
-                                 "(mlcycle_runtime.features is not installed)", "online_features_unavailable") from None
+                                 f"({err})", "online_features_unavailable") from None
         except Exception as err:  # FeatureStoreError and the like: the store's fault, said in one line, not a 500
-            raise Rejection(503, f"the online feature store could not be read: {err}",
-                            "online_features_failed") from None
+            raise Rejection(503, f"online features unavailable: {err}", "online_features_failed") from None
         merged = list(records)
         for i, features in zip(keyed, found, strict=True):
-            # What the request carries wins over the store: a client may override a stale feature.
-            merged[i] = {**{k: v for k, v in features.items() if v is not None}, **records[i]}
+            # A stored null stays None, a missing value as in training; what the request carries wins over the
+            # store: a client may override a stale feature.
+            merged[i] = {**features, **records[i]}
+        unknown = self.handler.unresolved_entities(merged, keyed, found, online.feature_service)
+        if unknown is not None:
+            raise unknown
         return merged
 
     async def _predict(self, records: list[dict[str, Any]]) -> np.ndarray:

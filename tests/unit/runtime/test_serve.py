@@ -227,8 +227,11 @@ def test_a_config_without_a_model_uri_or_with_another_version_is_refused():
 
 
 def test_entity_keyed_records_get_their_features_from_the_online_store():
-    store = {7: {"monthly_charges": 80.5, "tenure_months": 3, "plan": "basic"}, 8: {"monthly_charges": None,
-                                                                                    "tenure_months": None}}
+    # The lookup's contract (features.online_values): a stored null is None, a feature the store has nothing for is
+    # left out, an unknown entity gets {}.
+    store = {7: {"monthly_charges": 80.5, "tenure_months": 3, "plan": "basic"},
+             8: {"monthly_charges": None, "tenure_months": None},
+             10: {"monthly_charges": None, "tenure_months": 3, "plan": "basic"}}
     seen = []
 
     def lookup(repo, service, rows):
@@ -244,11 +247,18 @@ def test_entity_keyed_records_get_their_features_from_the_online_store():
     assert seen == [("/etc/feast", "churn_v1", [{"customer_id": 7}, {"customer_id": 7}])]
     direct = srv.model.predictor.predict(SCHEMA.encode_records([GOOD, GOOD, {**GOOD, "plan": "premium"}]))
     np.testing.assert_allclose(answer["predictions"], direct, rtol=1e-6)
-    # An entity the store does not know leaves its features missing: a 400 naming them, not a 5xx.
-    status, answer = call(srv, {"records": [{"customer_id": 8}]})
-    assert status == 400
-    assert answer["fields"] == ["records[0].monthly_charges: missing", "records[0].tenure_months: missing",
-                                "records[0].plan: missing"]
+    # A null in the store is a missing value, scored as the learner scores one (as in training).
+    status, answer = call(srv, {"records": [{"customer_id": 10}]})
+    assert status == 200
+    np.testing.assert_allclose(answer["predictions"],
+                               srv.model.predictor.predict(SCHEMA.encode_records([{**GOOD, "monthly_charges": None}])),
+                               rtol=1e-6)
+    # An entity the store does not know, or lacks a feature of: a 422 naming the entity, not a 5xx.
+    status, answer = call(srv, {"records": [GOOD, {"customer_id": 12345}, {"customer_id": 8}]})
+    assert status == 422
+    assert answer["error"] == "no online features (feature service 'churn_v1') for customer_id=12345; customer_id=8"
+    assert answer["fields"] == ["records[1]: customer_id=12345 is not in the online store",
+                                "records[2]: the online store has no plan for customer_id=8"]
 
 
 def test_an_xgboost_learner_scores_on_one_thread_per_worker():
