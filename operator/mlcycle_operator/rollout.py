@@ -33,6 +33,7 @@ from .units import parse_duration
 
 ANALYSIS_RUNS_LIMIT = 50  # runs kept in status.rollout.analysisRuns, so status never grows without bound
 HISTORY_LIMIT = 20  # entries kept in status.history (the field's documented bound)
+HISTORY_RUNS_LIMIT = 10  # analysis runs kept in each history entry
 MIN_REQUEUE_SECONDS = 1.0  # also the shortest analysis interval: "0s" must not mean "analyse on every call"
 READY_POLL_SECONDS = 10.0  # re-check readiness; Deployment events usually wake the handler sooner
 SAMPLE_POLL_SECONDS = 30.0  # re-check a shadow comparison that is still short of samples
@@ -202,7 +203,12 @@ def apply_decision(status: ModelDeploymentStatus, decision: Decision) -> ModelDe
     """The status after a decision (versions, traffic, rollout, history); phase and conditions stay the handler's."""
     history = list(status.history)
     if decision.history_entry is not None:
-        history = [*history, decision.history_entry][-HISTORY_LIMIT:]
+        # The rollout (and its runs) leaves status with this decision; the entry keeps what decided it.
+        runs = list(status.rollout.analysis_runs) if status.rollout else []
+        if decision.analysis_run is not None and decision.analysis_run not in runs:
+            runs.append(decision.analysis_run)
+        entry = decision.history_entry.model_copy(update={"analysis_runs": runs[-HISTORY_RUNS_LIMIT:]})
+        history = [*history, entry][-HISTORY_LIMIT:]
     return status.model_copy(update={
         "stable_version": decision.stable_version,
         "candidate_version": decision.candidate_version,

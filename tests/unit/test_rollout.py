@@ -278,6 +278,27 @@ def test_failure_reaching_the_limit_rolls_back():
     assert decision.analysis_run.verdict == "Fail"
 
 
+def test_the_history_entry_keeps_the_runs_that_decided_it():
+    """status.rollout (and its runs) goes with the rollback; the entry keeps them, the deciding run last."""
+    spec = make_spec(canary(failure_limit=2))
+    status = make_status(rollout=rolling(failures=1, runs=[run(60, "Fail")]))
+    decision = decide(spec, status, observe(120, measurements=failing()))
+    after = apply_decision(status, decision)
+    assert after.rollout is None
+    kept = after.history[-1].analysis_runs
+    assert [r.verdict for r in kept] == ["Fail", "Fail"] and kept[-1] == decision.analysis_run
+    assert kept[-1].measurements[0].value == 0.2
+
+
+def test_a_history_entry_keeps_at_most_ten_runs():
+    spec = make_spec(canary(failure_limit=2))
+    runs = [run(i, "Pass") for i in range(30)] + [run(40, "Fail")]
+    status = make_status(rollout=rolling(failures=1, runs=runs))
+    after = apply_decision(status, decide(spec, status, observe(120, measurements=failing())))
+    assert len(after.history[-1].analysis_runs) == 10
+    assert after.history[-1].analysis_runs[-1].time == at(120)
+
+
 def test_unreachable_prometheus_is_inconclusive_and_never_rolls_back():
     spec = make_spec(canary(failure_limit=1))
     decisions, status = drive(spec, make_status(rollout=rolling()), range(0, 3600, 30), measurements=None)

@@ -222,6 +222,8 @@ class HistoryEntry(ApiModel):
     version: str = Field(description="The candidate version.")
     outcome: Literal["Promoted", "RolledBack", "Superseded"] = Field(description="What happened to it.")
     reason: str = Field("", description="Why.")
+    analysis_runs: list[AnalysisRun] = Field(
+        default_factory=list, description="The rollout's last analysis runs (at most 10), the deciding one last.")
 
 
 class ModelDeploymentStatus(StatusBase):
