@@ -58,8 +58,8 @@ def router_metrics():
 
 
 @pytest.fixture(scope="session")
-def prometheus(router_metrics, tmp_path_factory):
-    """A real Prometheus scraping the router metrics every second."""
+def prometheus(cluster, router_metrics, tmp_path_factory):
+    """A real Prometheus scraping the router metrics every second, and the pods of the process nodes."""
     import shutil
 
     from tests.harness.prometheus import Prometheus
@@ -67,7 +67,8 @@ def prometheus(router_metrics, tmp_path_factory):
 
     if shutil.which("prometheus") is None:
         unavailable("Prometheus", "the 'prometheus' binary is not installed (make system-deps)")
-    server = Prometheus(tmp_path_factory.mktemp("prometheus"), targets=[router_metrics.target])
+    server = Prometheus(tmp_path_factory.mktemp("prometheus"), targets=[router_metrics.target],
+                        kubeconfig=cluster.kubeconfig)
     server.start()
     yield server
     server.stop()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -22,6 +24,9 @@ class Prometheus:
     directory: Path
     targets: list[str]
     scrape_interval: str = "1s"
+    # With a kubeconfig, also scrape the annotated pods of the process nodes (their addresses are real).
+    kubeconfig: Path | None = None
+    node_regex: str = "process-node.*"
     port: int = 0
     process: subprocess.Popen | None = field(default=None, repr=False)
 
@@ -39,6 +44,8 @@ class Prometheus:
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": self.scrape_interval},
             "scrape_configs": [{"job_name": "mlcycle-test", "static_configs": [{"targets": self.targets}]}],
         }
+        if self.kubeconfig is not None:
+            config["scrape_configs"].append(self._pods_job())
         (self.directory / "prometheus.yml").write_text(json.dumps(config))
         log = open(self.directory / "prometheus.log", "ab")  # noqa: SIM115 (kept open for the process)
         self.process = subprocess.Popen(
@@ -59,6 +66,49 @@ class Prometheus:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"prometheus was not ready in {timeout}s: {self.log_tail()}")
+
+    def _pods_job(self) -> dict:
+        """Debian's Prometheus is built without Kubernetes discovery, so the pods the annotations select are found
+        here (as kubernetes_sd_configs with role pod would) and handed over in a file_sd file. The pods' own
+        labels (namespace, deployment, version) win over target labels (honor_labels), as the operator's queries
+        expect."""
+        self._targets_file = self.directory / "pods.json"
+        self._targets_file.write_text("[]")
+        self._discovery = threading.Thread(target=self._discover, name="prometheus-pod-discovery", daemon=True)
+        self._discovery.start()
+        return {"job_name": "pods", "honor_labels": True,
+                "file_sd_configs": [{"files": [str(self._targets_file)], "refresh_interval": "2s"}]}
+
+    def _discover(self) -> None:
+        from kubernetes import client, config
+
+        api = client.CoreV1Api(config.new_client_from_config(str(self.kubeconfig)))
+        written = None
+        while self.process is None or self.process.poll() is None:
+            try:
+                targets = self.pod_targets(api.list_pod_for_all_namespaces().items, self.node_regex)
+            except Exception:  # the control plane going away at the end of a session
+                targets = written
+            if targets is not None and targets != written:
+                tmp = self._targets_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(targets))
+                tmp.rename(self._targets_file)  # Prometheus never reads half a file
+                written = targets
+            time.sleep(1.0)
+
+    @staticmethod
+    def pod_targets(pods, node_regex: str) -> list[dict]:
+        """file_sd entries for running pods on matching nodes with prometheus.io/scrape: "true"."""
+        out = []
+        for pod in pods:
+            notes = pod.metadata.annotations or {}
+            if (notes.get("prometheus.io/scrape") != "true" or pod.status.phase != "Running" or not pod.status.pod_ip
+                    or not re.fullmatch(node_regex, pod.spec.node_name or "")):
+                continue
+            out.append({"targets": [f"{pod.status.pod_ip}:{notes.get('prometheus.io/port', '80')}"],
+                        "labels": {"__metrics_path__": notes.get("prometheus.io/path", "/metrics"),
+                                   "pod": pod.metadata.name}})
+        return sorted(out, key=lambda t: t["targets"])
 
     def query(self, promql: str) -> list[dict]:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})

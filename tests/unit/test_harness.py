@@ -95,3 +95,19 @@ def test_gpu_node_advertises_gpus_behind_a_taint():
     assert node["status"]["capacity"]["nvidia.com/gpu"] == "4"
     assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
     assert node["spec"]["taints"] == [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+
+
+def test_prometheus_discovers_annotated_running_pods_of_process_nodes():
+    from kubernetes import client as k8s
+
+    from tests.harness.prometheus import Prometheus
+
+    def pod(name, node="process-node-e2e", phase="Running", ip="10.245.1.5", scrape="true", port="8080"):
+        notes = {"prometheus.io/scrape": scrape, "prometheus.io/port": port, "prometheus.io/path": "/metrics"}
+        return k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name, annotations=notes), spec=k8s.V1PodSpec(
+            containers=[], node_name=node), status=k8s.V1PodStatus(phase=phase, pod_ip=ip))
+
+    pods = [pod("router"), pod("fake", node="kwok-node-0"), pod("done", phase="Succeeded"),
+            pod("quiet", scrape="false"), pod("starting", ip=None)]
+    assert Prometheus.pod_targets(pods, "process-node.*") == [
+        {"targets": ["10.245.1.5:8080"], "labels": {"__metrics_path__": "/metrics", "pod": "router"}}]
