@@ -12,6 +12,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 SETUP_STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 HARNESS := $(PYTHON) -m tests.harness
 
 .PHONY: help setup system-deps binaries cluster-up cluster-down crds check-generated lint test test-unit test-integration test-e2e demo clean
@@ -63,8 +64,8 @@ test-e2e: setup system-deps binaries ## end-to-end tests
 test: setup system-deps binaries lint ## everything CI runs: lint, then unit, integration and e2e tests
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
-demo: setup system-deps binaries ## the main job: local control plane + CRDs + operator + the churn example
-	$(BIN)/python hack/demo.py
+demo: setup system-deps binaries ## the main job: the churn example's closed loop on a local control plane
+	$(BIN)/python hack/demo.py $(DEMO_ARGS)
 
 clean: ## remove the virtual environment and caches in the repo (not the binary cache)
 	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache

@@ -1,87 +1,211 @@
-"""make demo: the local control plane, the mlcycle CRDs, the operator, and the churn example applied to it.
+"""make demo: the churn example's closed loop, run for real on this machine.
 
-What runs today is the control plane half: the operator reconciles the four resources into their children
-and explains in status what happens. The workloads (trainer, model server, router, drift monitor) exist in
-runtime/ and run as real pods in tests/e2e on the process node, but this demo's pods are still KWOK's and run
-nothing, so the training job ends Failed with the reason in words. `make cluster-down` stops everything the
-demo started.
+Without Docker and kind (this project's usual case): a local control plane (etcd, kube-apiserver, controller
+manager, scheduler, KWOK), the mlcycle CRDs, a Prometheus, the operator as its own process, and a node whose pods
+run as local processes (tests/harness/process_node.py; needs root). Then the example manifests are applied and the
+loop runs: v1 trains and is served behind the router, traffic flows, fresh data lands and traffic drifts, the
+DriftMonitor starts a retraining, v2 is promoted through a canary analysed on Prometheus, and a deliberately slow
+v3 is rolled back. The same scenario the e2e suite asserts (tests/harness/loop.py). It ends with the endpoint, a
+sample prediction, the model in service and the history, then stops everything it started (`--keep N` keeps the
+loop serving N more seconds first).
+
+With Docker and kind on PATH (and MLCYCLE_DEMO_LOCAL unset), it creates a kind cluster from kind-config.yaml,
+builds and loads the operator and runtime images, installs the chart with its Prometheus and applies the example.
+
+Without root, the process node cannot run pods: the demo then shows the control-plane half only (KWOK pods run
+nothing) and says so.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import binaries  # noqa: E402
+from tests.harness import binaries, process_node  # noqa: E402
 from tests.harness.__main__ import DEFAULT_DIR  # noqa: E402
 from tests.harness.cluster import LocalCluster, is_running  # noqa: E402
 from tests.harness.operator_process import start_operator  # noqa: E402
 
 NAMESPACE = "churn-demo"
+START = time.monotonic()
 
 
 def step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
-def main() -> int:
+def say(message: str) -> None:
+    print(f"[{time.monotonic() - START:6.0f}s] {message}", flush=True)
+
+
+def kind_demo() -> int:
+    """Docker and kind on PATH: a kind cluster from kind-config.yaml, the two images built and loaded into it, the
+    chart installed with its Prometheus, the example applied. Not exercised on the machines this project is
+    developed on (no Docker there); the commands are the ones the README gives."""
+    image_tag = "0.1.0"
+    helm = shutil.which("helm") or str(binaries.ensure_all()["helm"])
+    commands = [
+        ["kind", "create", "cluster", "--config", str(ROOT / "kind-config.yaml")],
+        ["docker", "build", "-f", "operator/Dockerfile", "-t", f"ghcr.io/mlcycle/operator:{image_tag}", "."],
+        ["docker", "build", "-f", "runtime/Dockerfile", "-t", f"ghcr.io/mlcycle/runtime:{image_tag}", "."],
+        ["kind", "load", "docker-image", "--name", "mlcycle", f"ghcr.io/mlcycle/operator:{image_tag}",
+         f"ghcr.io/mlcycle/runtime:{image_tag}"],
+        [helm, "upgrade", "--install", "mlcycle", str(ROOT / "charts" / "mlcycle"), "-n", "mlcycle-system",
+         "--create-namespace", "--set", "prometheus.enabled=true", "--wait"],
+        ["kubectl", "apply", "-n", "default", "-f", str(ROOT / "examples" / "churn" / "manifests")],
+    ]
+    for command in commands:
+        step(" ".join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command)))
+        if subprocess.run(command, cwd=ROOT).returncode != 0:
+            print(f"failed: {' '.join(command)}", file=sys.stderr)
+            return 1
+    step("the example is applied; follow it with: kubectl get mlcycle -n default -w")
+    print("The example trains from /var/lib/mlcycle/churn/data and its Feast registry (examples/churn/README.md "
+          "says how to generate and place them); `kind delete cluster --name mlcycle` removes everything.")
+    return 0
+
+
+def bind_claim(kubectl, namespace: str, host_dir: Path) -> None:
+    """The example stores models and data on pvc://churn-models; this cluster has no volume provisioner, so a volume
+    is bound to that claim in advance, as an administrator would."""
+    volume = {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{namespace}-models"},
+              "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
+                       "hostPath": {"path": str(host_dir)}, "persistentVolumeReclaimPolicy": "Retain",
+                       "claimRef": {"namespace": namespace, "name": "churn-models"}}}
+    kubectl("apply", "-f", "-", input=json.dumps(volume))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", type=float, default=0, help="seconds to keep the loop serving at the end")
+    args = parser.parse_args(argv)
+    if shutil.which("kind") and shutil.which("docker") and not os.environ.get("MLCYCLE_DEMO_LOCAL"):
+        return kind_demo()
     directory = DEFAULT_DIR
     existing = LocalCluster.from_state(directory)
     if existing is not None and any(is_running(p) for p in existing.processes):
         print(f"a local cluster is already running from {directory}; `make cluster-down` first", file=sys.stderr)
         return 1
+    node_problem = process_node.available()
+
     step("building (or reusing) the control-plane binaries")
     paths = binaries.ensure_all()
-    kubectl = str(paths["kubectl"])
     step("starting etcd, kube-apiserver, controller-manager, scheduler and KWOK nodes")
     cluster = LocalCluster(directory=directory, binaries=paths)
     cluster.start()
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig_path)}
 
-    def kubectl_run(*args: str, check: bool = True) -> str:
-        return subprocess.run([kubectl, *args], env=env, capture_output=True, text=True, check=check).stdout
+    def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+        done = subprocess.run([str(paths["kubectl"]), *args], env=env, capture_output=True, text=True, input=input)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout
 
     step("installing the mlcycle CRDs")
-    print(kubectl_run("apply", "-f", str(ROOT / "crds")), end="")
-    kubectl_run("wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/name=mlcycle",
-                "--timeout=60s")
+    print(kubectl("apply", "-f", str(ROOT / "crds")), end="")
+    kubectl("wait", "--for=condition=Established", "crd", "-l", "app.kubernetes.io/name=mlcycle", "--timeout=60s")
+    kubectl("create", "namespace", NAMESPACE)
+    claim_dir = Path(tempfile.mkdtemp(prefix=f"{NAMESPACE}-models-"))
+    bind_claim(kubectl, NAMESPACE, claim_dir)
+    if node_problem:
+        return control_plane_only(cluster, kubectl, node_problem)
+    try:
+        return closed_loop(cluster, kubectl, claim_dir, args.keep)
+    finally:
+        step("stopping what the demo started")
+        cluster.stop(log=say)
+
+
+def closed_loop(cluster: LocalCluster, kubectl, claim_dir: Path, keep: float) -> int:
+    from kubernetes import client, config
+
+    from tests.harness.loop import ClosedLoop, LoopError
+    from tests.harness.prometheus import Prometheus
+    from tests.integration.helpers import Mlcycle
+
+    step("starting Prometheus (it scrapes the pods the process node runs)")
+    prometheus = Prometheus(cluster.directory / "prometheus", targets=[], kubeconfig=cluster.kubeconfig_path)
+    prometheus.start()
+    say(f"Prometheus at {prometheus.url}")
     step("starting the operator (python -m mlcycle_operator)")
-    start_operator(cluster)  # recorded with the cluster: `make cluster-down` stops it too
-    print(f"operator log: {cluster.directory / 'logs' / 'operator.log'}")
-    step(f"applying examples/churn/manifests to namespace {NAMESPACE}")
-    kubectl_run("create", "namespace", NAMESPACE)
-    # The example stores models on pvc://churn-models; this cluster has no volume provisioner, so a volume is
-    # bound to that claim in advance, as an administrator would.
-    volume = json.dumps({
-        "apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": f"{NAMESPACE}-models"},
-        "spec": {"capacity": {"storage": "10Gi"}, "accessModes": ["ReadWriteMany"],
-                 "hostPath": {"path": f"/tmp/{NAMESPACE}-models"}, "persistentVolumeReclaimPolicy": "Retain",
-                 "claimRef": {"namespace": NAMESPACE, "name": "churn-models"}}})
-    subprocess.run([kubectl, "apply", "-f", "-"], env=env, check=True, capture_output=True, text=True, input=volume)
-    print(kubectl_run("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples" / "churn" / "manifests")), end="")
-    step("watching the resources for 40 s (kubectl get mlcycle)")
+    start_operator(cluster, MLCYCLE_PROMETHEUS_URL=prometheus.url)
+    say(f"operator log: {cluster.directory / 'logs' / 'operator.log'}")
+    step("starting a node whose pods run as local processes; the KWOK nodes are cordoned")
+    api = config.new_client_from_config(str(cluster.kubeconfig_path))
+    core = client.CoreV1Api(api)
+    for node in core.list_node(label_selector="type=kwok").items:
+        core.patch_node(node.metadata.name, {"spec": {"unschedulable": True}})
+    node = process_node.ProcessNode(api, cluster.directory / "process-node", name="process-node-demo", subnet=2)
+    node.start()
+    ml = Mlcycle(api, NAMESPACE)
+    loop = ClosedLoop(ml, claim_dir, logs=lambda pod: node.logs(NAMESPACE, pod), say=say)
+    try:
+        step(f"applying the churn example (tuned for minutes: tests/harness/loop.py) to namespace {NAMESPACE}")
+        loop.start()
+        step("v1 trains (Ray, on the process node) and must pass its gates")
+        loop.first_model()
+        step("v1 is served (bentoml serve) behind the router")
+        loop.serve()
+        step("steady traffic, then fresh data lands and traffic drifts")
+        loop.drift()
+        step("the retraining trains v2 on the fresh data; the canary is analysed on Prometheus")
+        loop.retrain_and_promote()
+        step("a bad v3: good offline, slow online")
+        loop.bad_model()
+    except LoopError as err:
+        print(f"\nthe loop stopped: {err}", file=sys.stderr)
+        return 1
+    finally:
+        report(loop, ml, kubectl)
+        if keep > 0 and loop.traffic is not None:
+            say(f"serving for {keep:.0f} more seconds: try `curl -s {loop.url}/predict -d ...`")
+            time.sleep(keep)
+        loop.finish()
+        node.stop()
+        prometheus.stop()
+    return 0
+
+
+def report(loop, ml, kubectl) -> None:
+    step("where it ended")
+    print(kubectl("get", "mlcycle", "-n", NAMESPACE, check=False))
+    if getattr(loop, "url", None):
+        record = loop.traffic.steady[0]
+        import httpx
+
+        answer = httpx.post(f"{loop.url}/predict", json={"records": [record]}, timeout=30)
+        md = ml.status("ModelDeployment", "churn")
+        print(f"endpoint: {loop.url}/predict (in the cluster: {md.get('endpoint')})")
+        print(f"sample prediction: {json.dumps(record)} -> {answer.status_code} {answer.text}")
+        print(f"model in service: {md.get('stableVersion')} from TrainingJob {md.get('trainingJob')} "
+              f"({md.get('modelUri')})")
+    step("history")
+    print(loop.summary())
+
+
+def control_plane_only(cluster: LocalCluster, kubectl, reason: str) -> int:
+    step("the process node cannot run here: " + reason)
+    print("Showing the control-plane half: the operator reconciles the example into its children; KWOK's pods run "
+          "nothing, so the TrainingJob ends Failed with the reason in words.")
+    start_operator(cluster)
+    print(kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples" / "churn" / "manifests")), end="")
     for _ in range(8):
         time.sleep(5)
-        print(kubectl_run("get", "mlcycle", "-n", NAMESPACE, check=False))
-    step("what the TrainingJob says about itself")
-    print(kubectl_run("get", "tj", "churn-v1", "-n", NAMESPACE, "-o",
-                      "jsonpath={range .status.conditions[*]}{.type}={.status} {.reason}: {.message}{'\\n'}{end}"))
-    print(f"""
-The control plane and the operator keep running. Try:
+        print(kubectl("get", "mlcycle", "-n", NAMESPACE, check=False))
+    print(f"""The control plane and the operator keep running. Try:
   export KUBECONFIG={cluster.kubeconfig_path}
-  {kubectl} get mlcycle -A
-  {kubectl} describe md churn -n {NAMESPACE}
-Stop everything with: make cluster-down
-
-Next: run these pods on the process node (tests/harness/process_node.py) with the example's data and feature
-store, so that training, serving and the closed loop run for real here (tests/e2e already trains and serves).""")
+  kubectl get mlcycle -A
+Stop everything with: make cluster-down""")
     return 0
 
 
