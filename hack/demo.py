@@ -37,6 +37,7 @@ from tests.harness.cluster import LocalCluster, is_running  # noqa: E402
 from tests.harness.operator_process import start_operator  # noqa: E402
 
 NAMESPACE = "churn-demo"
+KINDS = "mlprojects,trainingjobs,modeldeployments,driftmonitors"  # what `kubectl get mlcycle` lists
 START = time.monotonic()
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run([str(paths["kubectl"]), *args], env=env, capture_output=True, text=True, input=input)
         if check and done.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
-        return done.stdout
+        return done.stdout if done.returncode == 0 else f"(kubectl {' '.join(args)}: {done.stderr.strip()})\n"
 
     step("installing the mlcycle CRDs")
     print(kubectl("apply", "-f", str(ROOT / "crds")), end="")
@@ -178,7 +179,7 @@ def closed_loop(cluster: LocalCluster, kubectl, claim_dir: Path, keep: float) ->
 
 def report(loop, ml, kubectl) -> None:
     step("where it ended")
-    print(kubectl("get", "mlcycle", "-n", NAMESPACE, check=False))
+    print(kubectl("get", KINDS, "-n", NAMESPACE, check=False))
     if getattr(loop, "url", None):
         record = loop.traffic.steady[0]
         import httpx
@@ -201,7 +202,7 @@ def control_plane_only(cluster: LocalCluster, kubectl, reason: str) -> int:
     print(kubectl("apply", "-n", NAMESPACE, "-f", str(ROOT / "examples" / "churn" / "manifests")), end="")
     for _ in range(8):
         time.sleep(5)
-        print(kubectl("get", "mlcycle", "-n", NAMESPACE, check=False))
+        print(kubectl("get", KINDS, "-n", NAMESPACE, check=False))
     print(f"""The control plane and the operator keep running. Try:
   export KUBECONFIG={cluster.kubeconfig_path}
   kubectl get mlcycle -A

@@ -270,8 +270,10 @@ class ClosedLoop:
                              f"{done['entry']['time']}: {done['entry'].get('reason', '')}")
         lines.append("wall time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in self.phases.items()))
         if self.traffic is not None:
-            lines.append(f"client requests: {self.traffic.sent} sent, {self.traffic.ok} answered, "
-                         f"{len(self.traffic.failures)} failed; answered by {dict(self.traffic.versions)}")
+            t = self.traffic
+            in_flight = t.sent - t.ok - len(t.failures)
+            lines.append(f"client requests: {t.sent} sent, {t.ok} answered, {len(t.failures)} failed"
+                         f"{f', {in_flight} in flight' if in_flight else ''}; answered by {dict(t.versions)}")
         return "\n".join(lines)
 
     def finish(self) -> None:

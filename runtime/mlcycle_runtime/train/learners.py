@@ -129,6 +129,9 @@ def fit_xgboost(learner: Learner, sampled: dict[str, Any], x: np.ndarray, y: np.
 
 def fit_sklearn(learner: Learner, sampled: dict[str, Any], x: np.ndarray, y: np.ndarray) -> Any:
     estimator = make_estimator(learner, sampled)
+    # Arrays from Ray's object store are read-only (zero-copy); some estimators' Cython code (the forests') needs
+    # writable buffers. A copy only where the buffer is read-only.
+    x, y = (np.require(a, requirements="W") for a in (x, y))
     try:
         return estimator.fit(x, y)
     except (ValueError, TypeError) as err:
