@@ -6,7 +6,9 @@ metric is measured exactly as the served model would be.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -203,22 +205,17 @@ def _worker_loop(config: dict[str, Any]) -> None:
 
 def fit_distributed(learner: Learner, sampled: dict[str, Any], data_ref: Any, workers: int,
                     resources: dict[str, float], storage_path: str, name: str, *, rounds: int | None = None,
-                    include_validation: bool = False, in_tune: bool = False) -> Any:
+                    include_validation: bool = False, callbacks: list | None = None) -> Any:
     """Data-parallel xgboost over `workers` Ray Train workers; returns the booster when it is a refit."""
     import ray.train
     from ray.train.xgboost import XGBoostTrainer
 
-    callbacks = []
-    if in_tune:
-        from ray.tune.integration.ray_train import TuneReportCallback
-
-        callbacks.append(TuneReportCallback())
     trainer = XGBoostTrainer(
         _worker_loop,
         train_loop_config={"learner": learner, "sampled": sampled, "data": data_ref, "rounds": rounds,
                            "include_validation": include_validation},
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker=resources),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks,
+        run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or [],
                                        failure_config=ray.train.FailureConfig(max_failures=0)),
     )
     result = trainer.fit()
@@ -232,11 +229,125 @@ def fit_distributed(learner: Learner, sampled: dict[str, Any], data_ref: Any, wo
     return booster
 
 
+# --- data-parallel Tune trials --------------------------------------------------------------------------------
+#
+# A trial drives a Ray Train run whose controller it owns. When Tune stops the trial (ASHA), the trial's process
+# ends and takes the controller with it; the workers' placement group, created by the controller, outlives it
+# until the job ends, because only Ray Train's cleaner actor frees it and that one needs the dashboard's State API.
+# So a stopping trial first aborts its run the way Ctrl-C does (`TrainController.abort`: workers stopped,
+# placement group removed), with the controller's handle handed over by a controller callback.
+
+ABORT_TIMEOUT_S = 60.0
+
+
+@dataclass
+class _Run:
+    controllers: Any  # the search's ControllerRegistry actor
+    reports: Any  # the queue TuneReportCallback hands results to the trial through
+    stopping: threading.Event = field(default_factory=threading.Event)
+
+
+# The data-parallel trials running in this process (a Tune trial actor), by trial id.
+_RUNS: dict[str, _Run] = {}
+
+
+class ControllerRegistry:
+    """Ray actor: the Ray Train controller of each running data-parallel trial, by trial id."""
+
+    def __init__(self) -> None:
+        self._controllers: dict[str, Any] = {}
+
+    def add(self, trial_id: str, controller: Any) -> None:
+        self._controllers[trial_id] = controller
+
+    def pop(self, trial_id: str) -> Any:
+        return self._controllers.pop(trial_id, None)
+
+
+def _registering_callback(controllers: Any, trial_id: str) -> Any:
+    """A Ray Train controller callback that files its controller's handle under `trial_id` as it starts."""
+    import ray
+    from ray.train.v2._internal.execution.callback import ControllerCallback
+
+    class _Register(ControllerCallback):
+        def after_controller_start(self, train_run_context):
+            ray.get(controllers.add.remote(trial_id, ray.get_runtime_context().current_actor))
+
+    return _Register()
+
+
 def distributed_trial(config: dict[str, Any], *, learner: Learner, data_ref: list, workers: int,
-                      resources: dict[str, float], storage_path: str) -> None:
+                      resources: dict[str, float], storage_path: str, controllers: Any) -> None:
     """One Tune trial that runs a Ray Train job; its per-round metrics reach Tune through TuneReportCallback."""
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = tune.get_context().get_trial_id()
-    fit_distributed(learner, config, data_ref[0], workers, resources, storage_path, f"trial-{trial_id}",
-                    in_tune=True)
+    report = TuneReportCallback()
+    run = _RUNS[trial_id] = _Run(controllers, report._training_actor_item_queue)
+    try:
+        fit_distributed(learner, config, data_ref[0], workers, resources, storage_path, f"trial-{trial_id}",
+                        callbacks=[report, _registering_callback(controllers, trial_id)])
+    except Exception:
+        if not run.stopping.is_set():
+            raise
+        # Tune stopped the trial and its run was aborted on purpose: the run's error is not the trial's.
+    finally:
+        _RUNS.pop(trial_id, None)
+        controllers.pop.remote(trial_id)
+
+
+def abort_run(trial_id: str, timeout_s: float = ABORT_TIMEOUT_S) -> None:
+    """Abort the Ray Train run of a trial Tune is stopping (nothing when it has none running in this process)."""
+    import time
+
+    import ray
+    from ray.util.queue import Empty
+
+    run = _RUNS.get(trial_id)
+    if run is None:
+        return
+    run.stopping.set()
+    controller = ray.get(run.controllers.pop.remote(trial_id))
+    if controller is None:
+        return
+    aborted = controller.abort.remote()
+    deadline = time.monotonic() + timeout_s
+    while not ray.wait([aborted], timeout=0.2)[0] and time.monotonic() < deadline:
+        # The controller hands results on inside its event loop and waits while Tune's one-slot queue is full;
+        # Tune reads no more from a stopped trial, so empty it for the abort to get its turn.
+        try:
+            while True:
+                run.reports.get_nowait()
+        except Empty:
+            pass
+    # The controller exits as it aborts: the call ends with the actor's death.
+    with contextlib.suppress(Exception):
+        ray.get(aborted, timeout=1)
+
+
+class AbortsItsRun:
+    """Mixin for the function trainable of `distributed_trial`: stopping the trial aborts its Ray Train run."""
+
+    def cleanup(self) -> None:
+        abort_run(self.trial_id)
+        super().cleanup()
+
+
+def controller_registry() -> Any:
+    """A ControllerRegistry actor for one search; the caller keeps its handle until the search ends."""
+    import ray
+
+    return ray.remote(num_cpus=0)(ControllerRegistry).remote()
+
+
+def distributed_trainable(learner: Learner, data_ref: Any, workers: int, resources: dict[str, float],
+                          storage_path: str, controllers: Any) -> Any:
+    """The Tune trainable for data-parallel trials: `distributed_trial` whose stop aborts its Ray Train run."""
+    from ray import tune
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    trainable = tune.with_parameters(distributed_trial, learner=learner, data_ref=[data_ref], workers=workers,
+                                     resources=resources, storage_path=storage_path, controllers=controllers)
+    trainable.__mixins__ = (AbortsItsRun,)
+    return wrap_function(trainable)

@@ -202,15 +202,11 @@ class Run:
         print(f"tuning: {plan.total} trial(s), {algorithm} search, at most {plan.max_concurrent} at a time",
               flush=True)
         if dist.workers > 1:
-            if tuning and tuning.scheduler.type == "asha":
-                # A Ray Train (V2) run that Tune stops mid-way dies with its trial, and only the dashboard's State
-                # API (ray[default], not in this image) lets Ray Train's cleaner free its workers' placement group:
-                # the CPUs would stay held and the next trial would wait for ever. Data-parallel trials run whole.
-                self.result.setdefault("notes", []).append(
-                    "ASHA early stopping is not applied to data-parallel trials (distribution.workers > 1)")
             resources = {"CPU": dist.cpu_per_worker, "GPU": dist.gpu_per_worker}
-            trainable = tune.with_parameters(learners.distributed_trial, learner=learner, data_ref=[ray.put(data)],
-                                             workers=dist.workers, resources=resources, storage_path=ray_storage)
+            # Held in this frame while Tune runs: the trials file their Ray Train controllers in it.
+            controllers = learners.controller_registry()
+            trainable = learners.distributed_trainable(learner, ray.put(data), dist.workers, resources, ray_storage,
+                                                       controllers)
             # The trial only drives a Ray Train run whose workers hold the CPUs; Tune refuses an empty request,
             # so the driver reserves a token of memory (every node has that resource) and no CPU.
             trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 1})
@@ -222,7 +218,7 @@ class Run:
             tune_config=tune.TuneConfig(
                 metric=self.config.metric, mode=self.config.mode, num_samples=plan.num_samples,
                 search_alg=plan.search_alg,
-                scheduler=search.scheduler(tuning, 1 if dist.workers > 1 else progress.max_rounds or 1),
+                scheduler=search.scheduler(tuning, progress.max_rounds or 1),
                 max_concurrent_trials=plan.tune_max_concurrent()),
             run_config=tune.RunConfig(name="tune", storage_path=ray_storage, verbose=0,
                                       callbacks=[search.tune_callback(progress)]),

@@ -78,3 +78,13 @@ def test_the_round_callback_sees_every_round():
     learners.fit_xgboost(learner, {}, x, y, rounds=5, callbacks=[scorer.callback])
     assert [m["rounds"] for m in seen] == [1, 2, 3, 4, 5]
     assert seen[-1]["roc_auc"] >= seen[0]["roc_auc"]
+
+
+def test_the_controller_registry_hands_each_trials_controller_out_once():
+    # A stopping trial takes its Ray Train controller from the registry to abort it; a finished one finds none.
+    registry = learners.ControllerRegistry()
+    registry.add("trial-a", "controller-a")
+    registry.add("trial-b", "controller-b")
+    assert registry.pop("trial-a") == "controller-a"
+    assert registry.pop("trial-a") is None
+    assert registry.pop("trial-b") == "controller-b"
