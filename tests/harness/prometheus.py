@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import signal
 import subprocess
 import threading
 import time
@@ -15,11 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cluster import free_port
+from .server_process import ServerProcess
 
 
 @dataclass
-class Prometheus:
+class Prometheus(ServerProcess):
     """One Prometheus server; its data, config and log live in `directory`."""
+
+    LOG = "prometheus.log"
 
     directory: Path
     targets: list[str]
@@ -47,7 +49,7 @@ class Prometheus:
         if self.kubeconfig is not None:
             config["scrape_configs"].append(self._pods_job())
         (self.directory / "prometheus.yml").write_text(json.dumps(config))
-        log = open(self.directory / "prometheus.log", "ab")  # noqa: SIM115 (kept open for the process)
+        log = open(self.directory / self.LOG, "ab")  # noqa: SIM115 (kept open for the process)
         self.process = subprocess.Popen(
             [binary, f"--config.file={self.directory / 'prometheus.yml'}",
              f"--storage.tsdb.path={self.directory / 'data'}", f"--web.listen-address=127.0.0.1:{self.port}",
@@ -114,17 +116,3 @@ class Prometheus:
         url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
         with urllib.request.urlopen(url, timeout=5) as resp:
             return json.loads(resp.read())["data"]["result"]
-
-    def log_tail(self, lines: int = 20) -> str:
-        path = self.directory / "prometheus.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -11,11 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cluster import free_port
+from .server_process import ServerProcess
 
 
 @dataclass
-class Redis:
+class Redis(ServerProcess):
     """One redis-server; its working directory and log live in `directory`."""
+
+    LOG = "redis.log"
 
     directory: Path
     port: int = 0
@@ -32,7 +34,7 @@ class Redis:
             raise RuntimeError("redis-server is not installed (Debian package 'redis-server'; make system-deps)")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        log = open(self.directory / "redis.log", "ab")  # noqa: SIM115 (kept open for the process)
+        log = open(self.directory / self.LOG, "ab")  # noqa: SIM115 (kept open for the process)
         # No RDB snapshots and no AOF: a test's data must die with the server, and disk writes only cost time.
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
@@ -57,17 +59,3 @@ class Redis:
                 return sock.recv(16).startswith(b"+PONG")
         except OSError:
             return False
-
-    def log_tail(self, lines: int = 20) -> str:
-        path = self.directory / "redis.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)

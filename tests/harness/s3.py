@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cluster import free_port
+from .server_process import ServerProcess
 
 # moto accepts any credentials; these only have to be present, since botocore refuses to sign without any.
 ACCESS_KEY = "mlcycle-test"
@@ -33,8 +33,10 @@ def missing() -> str | None:
 
 
 @dataclass
-class MotoS3:
+class MotoS3(ServerProcess):
     """One moto server; its log lives in `directory`. Its state is in memory and dies with it."""
+
+    LOG = "moto.log"
 
     directory: Path
     port: int = 0
@@ -55,7 +57,7 @@ class MotoS3:
     def start(self, timeout: float = 30.0) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        log = open(self.directory / "moto.log", "ab")  # noqa: SIM115 (kept open for the process)
+        log = open(self.directory / self.LOG, "ab")  # noqa: SIM115 (kept open for the process)
         self.process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
@@ -95,17 +97,3 @@ class MotoS3:
         """Every object key under `prefix`, sorted."""
         pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
         return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
-
-    def log_tail(self, lines: int = 20) -> str:
-        path = self.directory / "moto.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
