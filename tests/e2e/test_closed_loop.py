@@ -33,6 +33,7 @@ def say(message: str) -> None:
     print(f"[e2e {time.strftime('%H:%M:%S')}] {message}", file=sys.__stdout__, flush=True)
 
 
+@pytest.mark.timeout(1800)  # about 12 minutes on 2 cores: three trainings, four servers, real waits
 def test_drift_retrains_promotes_and_rolls_back(ml, node, api_client):
     loop = ClosedLoop(ml, claim_directory(ml.namespace), logs=lambda pod: node.logs(ml.namespace, pod), say=say)
     try:
