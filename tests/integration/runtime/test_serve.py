@@ -36,8 +36,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def make_version(root: Path, framework: str) -> str:
-    """Train a tiny model on churn data and publish it as a version, as the trainer does."""
+def make_version(root: Path, framework: str, version: str | None = None) -> str:
+    """Train a tiny model on churn data and publish it as a version, as the trainer does. Versions are unique in
+    one process, as the trainer's are: BentoML keeps the first store it opened, whatever BENTOML_HOME says later."""
     frame = generate(rows=1500, seed=11)
     schema = FeatureSchema.infer(frame, FEATURES)
     matrix, label = schema.encode_frame(frame), frame["churned"].to_numpy()
@@ -49,7 +50,7 @@ def make_version(root: Path, framework: str) -> str:
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         learner = HistGradientBoostingClassifier(max_iter=20).fit(matrix, label)
-    version = f"{framework}-v1"
+    version = version or f"{framework}-v1"
     card = ModelCard("churn-classifier", version, framework, "binary", schema, "churned")
     ref = reference.build(frame, schema, Predictor(learner, framework, "binary").predict(matrix))
     return save_version(learner, card, ref, str(root / "store" / "churn" / "models" / "churn-classifier" / version))

@@ -130,7 +130,7 @@ def workdir(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
 @pytest.fixture(scope="module")
 def version_uri(workdir) -> str:
     tmp, _ = workdir
-    return make_version(tmp, "xgboost")
+    return make_version(tmp, "xgboost", "xgboost-online-v1")
 
 
 @pytest.fixture(scope="module")
