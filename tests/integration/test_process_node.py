@@ -42,7 +42,9 @@ def node(api_client):
 
 
 def pod_of(core: client.CoreV1Api, namespace: str, selector: str) -> client.V1Pod | None:
-    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    """The selector's pod that is not being deleted (a deleted one may still be listed, and first, for a while)."""
+    pods = [p for p in core.list_namespaced_pod(namespace, label_selector=selector).items
+            if p.metadata.deletion_timestamp is None]
     return pods[0] if pods else None
 
 
