@@ -24,7 +24,6 @@ from examples.churn.generate import CATEGORICAL, NUMERIC, generate
 from mlcycle_runtime import reference
 from mlcycle_runtime.model import LoadedModel, ModelCard, Predictor, load_version, save_version
 from mlcycle_runtime.schema import FeatureSchema
-from tests.harness.pytest_support import unavailable
 
 FEATURES = [*NUMERIC, *CATEGORICAL]
 START_TIMEOUT = 120
@@ -98,23 +97,9 @@ def stop(process: subprocess.Popen) -> None:
             process.wait()
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
-    try:
-        import bentoml  # noqa: F401
-    except ImportError as err:
-        unavailable("bentoml", str(err))
-    tmp = tmp_path_factory.mktemp("serve")
-    env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[3]), os.environ.get("PYTHONPATH", "")])}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BENTOML_HOME", env["BENTOML_HOME"])
-        yield tmp, env
-
-
 @pytest.fixture(scope="module", params=["xgboost", "sklearn"])
-def server(request, workdir) -> Iterator[Server]:
-    tmp, env = workdir
+def server(request, serve_home) -> Iterator[Server]:
+    tmp, env = serve_home
     uri = make_version(tmp, request.param)
     # xgboost through adaptive batching, sklearn without: both paths of /predict run for real.
     batching = {"enabled": request.param == "xgboost", "maxBatchSize": 16, "maxLatencyMs": 5}
@@ -226,8 +211,8 @@ def test_probes_and_metrics(server):
     (json.dumps({"name": "churn", "model": {"uri": "/nowhere/churn/v1"}}), "is not a complete model version"),
     (json.dumps({"name": "churn", "model": {"uri": "/x"}, "port": "http"}), "port:"),
 ])
-def test_a_wrong_config_exits_non_zero_with_a_one_line_reason(workdir, config, reason):
-    tmp, env = workdir
+def test_a_wrong_config_exits_non_zero_with_a_one_line_reason(serve_home, config, reason):
+    tmp, env = serve_home
     path = tmp / "bad.json"
     path.write_text(config)
     done = subprocess.run([sys.executable, "-m", "mlcycle_runtime.serve", "--config", str(path)], env=env,

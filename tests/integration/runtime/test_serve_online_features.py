@@ -8,7 +8,6 @@ row read from the offline data at that time, scored in-process by the same model
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -113,29 +112,14 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
-    """A BentoML home of the module's own, here and in the servers it starts (as test_serve.py's)."""
-    try:
-        import bentoml  # noqa: F401
-    except ImportError as err:
-        unavailable("bentoml", str(err))
-    tmp = tmp_path_factory.mktemp("serve-online")
-    env = {**os.environ, "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "true",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BENTOML_HOME", env["BENTOML_HOME"])
-        yield tmp, env
-
-
-@pytest.fixture(scope="module")
-def version_uri(workdir) -> str:
-    tmp, _ = workdir
+def version_uri(serve_home) -> str:
+    tmp, _ = serve_home
     return make_version(tmp, "xgboost", "xgboost-online-v1")
 
 
 @pytest.fixture(scope="module")
-def server(workdir, version_uri, feast_repo) -> Iterator[Server]:
-    tmp, env = workdir
+def server(serve_home, version_uri, feast_repo) -> Iterator[Server]:
+    tmp, env = serve_home
     port = free_port()
     conf = tmp / f"serve-{port}.json"
     conf.write_text(json.dumps({
