@@ -65,6 +65,19 @@ def test_server_added_fields_are_unchanged():
     assert action_for(deployment(), as_stored(deployment())) is Action.UNCHANGED
 
 
+def test_empty_collections_the_server_omits_are_unchanged():
+    """The API server drops `envFrom: []` and empty maps; comparing literally re-applied every child on every
+    reconcile (a thousand deployments' resyncs then kept every worker busy with no-op patches)."""
+    desired = deployment()
+    container = desired["spec"]["template"]["spec"]["containers"][0]
+    container.update({"envFrom": [], "env": []})
+    desired["metadata"]["annotations"] = {}
+    stored = as_stored(deployment())
+    assert action_for(desired, stored) is Action.UNCHANGED
+    container["envFrom"] = [{"secretRef": {"name": "s3"}}]
+    assert action_for(desired, stored) is Action.UPDATE
+
+
 def test_our_own_owner_references_and_status_are_not_compared():
     desired = deployment()
     desired["metadata"]["ownerReferences"] = [{"kind": "ModelDeployment", "name": "other", "uid": "x"}]

@@ -36,7 +36,9 @@ def is_subset(desired: Any, existing: Any) -> bool:
     if isinstance(desired, dict):
         if not isinstance(existing, dict):
             return False
-        return all(key in existing and is_subset(value, existing[key]) for key, value in desired.items())
+        # The API server omits empty lists and maps (`envFrom: []`): absent there is what empty asked for.
+        return all(is_subset(value, existing[key]) if key in existing else value in ([], {})
+                   for key, value in desired.items())
     if isinstance(desired, list):
         if not isinstance(existing, list) or len(desired) != len(existing):
             return False
