@@ -29,6 +29,7 @@ from .api.modeldeployment import (
     Strategy,
     VersionTraffic,
 )
+from .resources.serving import STICKY_HEADER
 from .units import parse_duration
 
 ANALYSIS_RUNS_LIMIT = 50  # runs kept in status.rollout.analysisRuns, so status never grows without bound
@@ -37,6 +38,7 @@ HISTORY_RUNS_LIMIT = 10  # analysis runs kept in each history entry
 MIN_REQUEUE_SECONDS = 1.0  # also the shortest analysis interval: "0s" must not mean "analyse on every call"
 READY_POLL_SECONDS = 10.0  # re-check readiness; Deployment events usually wake the handler sooner
 SAMPLE_POLL_SECONDS = 30.0  # re-check a shadow comparison that is still short of samples
+UNREACHABLE = "metrics could not be measured (metrics source unreachable)"  # an analysis run's message when so
 
 
 class Action(StrEnum):
@@ -54,6 +56,12 @@ class Action(StrEnum):
     REPORT = "Report"  # a report-only shadow ended: verdict recorded, stable unchanged
     SUPERSEDE = "Supersede"  # the spec asks for a third version: the rollout ends and one for it begins
     ABORT = "Abort"  # the spec asks for the stable version again: the rollout ends
+    STALL = "Stall"  # a rollout holds and cannot go on without someone's help (said once; it keeps holding)
+
+
+# Decisions that change nothing a person would want an Event for (a failed analysis run gets one regardless).
+QUIET_ACTIONS = frozenset({Action.NOTHING, Action.WAIT_READY, Action.HOLD, Action.ANALYSE})
+WARNING_ACTIONS = frozenset({Action.ROLL_BACK, Action.STALL})
 
 
 class Reason(StrEnum):
@@ -66,12 +74,14 @@ class Reason(StrEnum):
     CANDIDATE_REJECTED = "CandidateRejected"
     ROLLOUT_STARTED = "RolloutStarted"
     CANDIDATE_NOT_READY = "CandidateNotReady"
+    REMOVING_STABLE = "RemovingStable"
     CANDIDATE_READY = "CandidateReady"
     STEP_HOLDING = "StepHolding"
     STEP_ADVANCED = "StepAdvanced"
     ANALYSIS_PASSED = "AnalysisPassed"
     ANALYSIS_FAILED = "AnalysisFailed"
     ANALYSIS_INCONCLUSIVE = "AnalysisInconclusive"
+    PREVIEW_WITHOUT_TRAFFIC = "PreviewWithoutTraffic"
     SHADOW_COMPARING = "ShadowComparing"
     SHADOW_NOT_ENOUGH_SAMPLES = "ShadowNotEnoughSamples"
     SHADOW_FAILED = "ShadowFailed"
@@ -125,6 +135,23 @@ class Decision:
     history_entry: HistoryEntry | None = None  # to append to status.history: set when a rollout ends
     analysis_run: AnalysisRun | None = None  # the run this decision recorded (also in rollout.analysis_runs)
     requeue_after: float | None = None  # seconds until decide() has something to do again; None: only on change
+    # Versions whose servers should run now; None: the stable and the candidate version. Recreate sets it, so
+    # that the old version's servers are gone before the new version's are created.
+    servers: tuple[str, ...] | None = None
+
+    def versions_to_run(self) -> list[str]:
+        """The versions whose servers (Deployment, Service, ...) should exist after this decision."""
+        if self.servers is not None:
+            return list(self.servers)
+        return [v for v in (self.stable_version, self.candidate_version) if v]
+
+    @property
+    def event_type(self) -> str | None:
+        """"Warning" or "Normal" for the Event this decision deserves, or None when it deserves none."""
+        failed_run = self.analysis_run is not None and self.analysis_run.verdict == "Fail"
+        if self.action in WARNING_ACTIONS or failed_run:
+            return "Warning"
+        return None if self.action in QUIET_ACTIONS else "Normal"
 
 
 def decide(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, obs: Observation) -> Decision:
@@ -152,10 +179,10 @@ def decide(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, obs: Observ
                             stable, None, _stable_only(stable))
         return _start(spec, stable, desired, obs)
     if desired == stable:
-        return _abort(stable, rollout, obs)
+        return _abort(spec, stable, rollout, obs)
     if desired != rollout.candidate_version:
         return _supersede(spec, status, stable, rollout, desired, obs)
-    return _progress(spec, stable, rollout, obs)
+    return _progress(spec, stable, rollout, obs, status.endpoint)
 
 
 def analyse(metrics: Sequence[AnalysisMetric], measurements: Sequence[MetricMeasurement] | None, *,
@@ -164,7 +191,7 @@ def analyse(metrics: Sequence[AnalysisMetric], measurements: Sequence[MetricMeas
     if measurements is None:
         unmeasured = [MetricMeasurement(name=m.name, threshold=m.threshold) for m in metrics]
         return AnalysisRun(time=now, step=step, verdict="Inconclusive", measurements=unmeasured,
-                           message="metrics could not be measured (metrics source unreachable), so no verdict")
+                           message=f"{UNREACHABLE}, so no verdict")
     by_name = {m.name: m for m in measurements}
     judged: list[tuple[MetricMeasurement, str]] = []
     for metric in metrics:
@@ -252,14 +279,16 @@ def _start(spec: ModelDeploymentSpec, stable: str, candidate: str, obs: Observat
     return decision  # Recreate with a ready candidate promotes at once
 
 
-def _abort(stable: str, rollout: Rollout, obs: Observation) -> Decision:
+def _abort(spec: ModelDeploymentSpec, stable: str, rollout: Rollout, obs: Observation) -> Decision:
     """The user pinned the stable version again: the candidate leaves without being judged (not a rejection)."""
     candidate = rollout.candidate_version
     entry = HistoryEntry(time=obs.now, version=candidate, outcome="Superseded",
                          reason=f"aborted: the spec asks for the stable version {stable} again")
+    # Recreate never runs two versions: the candidate's servers go first, the stable version's come back after.
+    servers = () if spec.strategy.type == "Recreate" and candidate in obs.existing_versions else None
     return Decision(Action.ABORT, Reason.ABORTED,
                     f"Aborted the rollout of {candidate}: the spec asks for {stable} again, which gets all traffic.",
-                    stable, None, _stable_only(stable), history_entry=entry)
+                    stable, None, _stable_only(stable), history_entry=entry, servers=servers)
 
 
 def _supersede(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, stable: str, rollout: Rollout,
@@ -276,17 +305,22 @@ def _supersede(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, stable:
     started = _start(spec, stable, desired, obs)
     if started.history_entry is not None:
         # One decision ends one rollout: the new one (a Recreate that could promote at once) ends on the next call.
+        recreate = spec.strategy.type == "Recreate"  # whose stable servers are gone already: keep it that way
         started = Decision(Action.START, Reason.ROLLOUT_STARTED, f"Started a rollout of {desired}.", stable, desired,
-                           _split(stable, desired, 0), rollout=Rollout(candidate_version=desired, started_at=obs.now),
-                           requeue_after=MIN_REQUEUE_SECONDS)
+                           _split(stable, desired, 100 if recreate else 0),
+                           rollout=Rollout(candidate_version=desired, started_at=obs.now),
+                           requeue_after=MIN_REQUEUE_SECONDS, servers=(desired,) if recreate else None)
     return replace(started, action=Action.SUPERSEDE, reason=Reason.SUPERSEDED, history_entry=entry,
                    message=f"Stopped the rollout of {old} because the spec now asks for {desired}; "
                            + _lower_first(started.message))
 
 
-def _progress(spec: ModelDeploymentSpec, stable: str, rollout: Rollout, obs: Observation) -> Decision:
+def _progress(spec: ModelDeploymentSpec, stable: str, rollout: Rollout, obs: Observation,
+              endpoint: str | None = None) -> Decision:
     """A rollout under way: readiness first, then the strategy's own rules."""
     candidate = rollout.candidate_version
+    if spec.strategy.type == "Recreate":
+        return _recreate(stable, rollout, obs)
     # step_started_at is set when the candidate first became ready, so it also records "has been ready".
     has_been_ready = rollout.step_started_at is not None
     if has_been_ready and candidate not in obs.existing_versions:
@@ -301,17 +335,38 @@ def _progress(spec: ModelDeploymentSpec, stable: str, rollout: Rollout, obs: Obs
     if not has_been_ready:
         rollout = rollout.model_copy(update={"step": 0, "step_started_at": obs.now})
     strategy = spec.strategy
-    if strategy.type == "Recreate":
-        decision = _promote(stable, candidate, obs.now, "Recreate switches as soon as the candidate is ready")
-    elif strategy.type == "Shadow":
+    if strategy.type == "Shadow":
         decision = _shadow(strategy.shadow or Shadow(), stable, rollout, obs)
     else:
         steps, analysis = _steps_of(strategy)
-        decision = _steps(strategy.type, steps, analysis, stable, rollout, obs)
+        decision = _steps(strategy.type, steps, analysis, stable, rollout, obs, endpoint)
     if not has_been_ready and decision.action is Action.HOLD:
         decision = replace(decision, action=Action.ADVANCE, reason=Reason.CANDIDATE_READY,
                            message=f"Candidate {candidate} is ready; " + _lower_first(decision.message))
     return decision
+
+
+def _recreate(stable: str, rollout: Rollout, obs: Observation) -> Decision:
+    """Recreate never runs both versions: the stable version's servers are removed, then the candidate's are
+    created, and it is promoted once ready. Nothing answers requests in between; that is what Recreate means."""
+    candidate = rollout.candidate_version
+    # All weight on the candidate from the start: the router reaches it the moment it answers.
+    traffic = _split(stable, candidate, 100)
+    if stable in obs.existing_versions:
+        # A candidate already running (a rollout that switched to Recreate midway) is kept, not restarted.
+        keep = (candidate,) if candidate in obs.existing_versions else ()
+        return Decision(Action.WAIT_READY, Reason.REMOVING_STABLE,
+                        f"Removing the servers of {stable} before those of {candidate} are created (Recreate); "
+                        f"nothing answers requests until {candidate} is ready.",
+                        stable, candidate, traffic, rollout=rollout, servers=keep, requeue_after=READY_POLL_SECONDS)
+    if candidate not in obs.ready_versions:
+        return Decision(Action.WAIT_READY, Reason.CANDIDATE_NOT_READY,
+                        f"The servers of {stable} are gone (Recreate); waiting for {candidate} to become ready, "
+                        f"nothing answers requests until then.",
+                        stable, candidate, traffic, rollout=rollout, servers=(candidate,),
+                        requeue_after=READY_POLL_SECONDS)
+    return _promote(stable, candidate, obs.now,
+                    f"Recreate removed the servers of {stable} before creating those of {candidate}, which is ready")
 
 
 def _steps_of(strategy: Strategy) -> tuple[list[CanaryStep], Analysis]:
@@ -324,7 +379,7 @@ def _steps_of(strategy: Strategy) -> tuple[list[CanaryStep], Analysis]:
 
 
 def _steps(kind: str, steps: list[CanaryStep], analysis: Analysis, stable: str, rollout: Rollout,
-           obs: Observation) -> Decision:
+           obs: Observation, endpoint: str | None = None) -> Decision:
     """Hold each step for its pause with analysis every interval; advance on a pass, promote after the last step."""
     now, candidate = obs.now, rollout.candidate_version
     index = min(rollout.step, len(steps) - 1)  # the spec may have lost steps mid-rollout
@@ -365,6 +420,19 @@ def _steps(kind: str, steps: list[CanaryStep], analysis: Analysis, stable: str, 
 
     traffic = _split(stable, candidate, step.weight)
     requeue = _until(now, next_analysis, pause_ends if now < pause_ends else None)
+    if kind == "BlueGreen" and _preview_unmeasured(rollout, index, pause_ends):
+        # Say once (Stall: a Warning Event) why the preview holds past its duration, and keep holding:
+        # a version nobody measured is never promoted.
+        first = run is not None and sum(r.time >= pause_ends for r in _step_runs(rollout, index)) == 1
+        action = Action.STALL if first else (Action.ANALYSE if run is not None else Action.HOLD)
+        target = endpoint or "the deployment's endpoint (status.endpoint)"
+        return Decision(action, Reason.PREVIEW_WITHOUT_TRAFFIC,
+                        f"The blue-green preview of {candidate} received no traffic, so no analysis run could measure "
+                        f"it and it is not promoted; send it test requests at {target} with the header "
+                        f"{STICKY_HEADER}: {candidate} (the router measures only what passes through it). "
+                        f"{stable} keeps all traffic; next analysis in "
+                        f"{_seconds_text((next_analysis - now).total_seconds())}.",
+                        stable, candidate, traffic, rollout=rollout, analysis_run=run, requeue_after=requeue)
     if run is not None:
         reason = {"Pass": Reason.ANALYSIS_PASSED, "Fail": Reason.ANALYSIS_FAILED,
                   "Inconclusive": Reason.ANALYSIS_INCONCLUSIVE}[run.verdict]
@@ -392,6 +460,23 @@ def _next_analysis(rollout: Rollout, analysis: Analysis) -> datetime:
     # the future, which is what keeps a repeated call at the same `now` from counting twice.
     last_run = rollout.analysis_runs[-1].time if rollout.analysis_runs else rollout.step_started_at
     return max(rollout.step_started_at, last_run) + _interval(analysis)
+
+
+def _step_runs(rollout: Rollout, index: int) -> list[AnalysisRun]:
+    """The analysis runs of the current step, oldest first."""
+    assert rollout.step_started_at is not None
+    return [r for r in rollout.analysis_runs if r.step == index and r.time >= rollout.step_started_at]
+
+
+def _preview_unmeasured(rollout: Rollout, index: int, preview_ends: datetime) -> bool:
+    """Whether a preview is over with no conclusive run, a run since it ended found no values at all, and
+    Prometheus answered (an unreachable one is a different problem, with its own message)."""
+    runs = _step_runs(rollout, index)
+    if not runs or runs[-1].time < preview_ends or any(r.verdict != "Inconclusive" for r in runs):
+        return False
+    last = runs[-1]
+    return (bool(last.measurements) and all(m.value is None for m in last.measurements)
+            and not last.message.startswith(UNREACHABLE))
 
 
 def _step_passed(rollout: Rollout, index: int) -> bool:

@@ -500,16 +500,6 @@ def test_supersede_with_a_ready_new_version_begins_its_first_step():
     assert weights(decision) == {"v1": 90, "v3": 10}
 
 
-def test_supersede_to_recreate_promotes_on_the_next_call():
-    spec = make_spec({"type": "Recreate"})
-    obs = observe(90, desired="v3", ready=("v1", "v2", "v3"))
-    first = decide(spec, make_status(rollout=rolling()), obs)
-    assert first.action is Action.SUPERSEDE and first.history_entry.outcome == "Superseded"
-    assert first.requeue_after == MIN_REQUEUE_SECONDS
-    second = decide(spec, apply_decision(make_status(rollout=rolling()), first), obs)
-    assert second.action is Action.PROMOTE and second.stable_version == "v3"
-
-
 def test_supersede_to_a_rejected_version_ends_the_rollout_only():
     history = [HistoryEntry(time=at(-600), version="v3", outcome="RolledBack", reason="errorRate 0.3")]
     decision = decide(make_spec(canary()), make_status(rollout=rolling(), history=history),
@@ -627,7 +617,7 @@ def test_shadow_report_only_ends_without_promotion_and_is_not_repeated():
     assert again.reason is Reason.CANDIDATE_REJECTED  # shadowed once, not in a loop
 
 
-# --- blue-green and recreate -------------------------------------------------------------------------------------
+# --- blue-green --------------------------------------------------------------------------------------------------
 
 
 def test_blue_green_previews_at_zero_then_switches_at_once():
@@ -649,18 +639,7 @@ def test_blue_green_failures_roll_back():
     assert status.stable_version == "v1" and status.rollout is None
 
 
-def test_recreate_waits_for_ready_then_switches_without_analysis():
-    spec = make_spec({"type": "Recreate"})
-    waiting = decide(spec, make_status(), observe(ready=("v1",), existing=("v1",)))
-    assert waiting.action is Action.START and weights(waiting) == {"v1": 100, "v2": 0}
-    decision = decide(spec, apply_decision(make_status(), waiting), observe(20, measurements=failing()))
-    assert decision.action is Action.PROMOTE and decision.analysis_run is None
-    assert weights(decision) == {"v2": 100}
-
-
-def test_recreate_with_a_ready_candidate_promotes_at_once():
-    decision = decide(make_spec({"type": "Recreate"}), make_status(), observe())
-    assert decision.action is Action.PROMOTE and decision.stable_version == "v2"
+# Recreate: tests/unit/test_rollout_strategies.py.
 
 
 # --- safe to repeat, safe to kill --------------------------------------------------------------------------------
