@@ -34,6 +34,9 @@ PLURALS = {
     "DriftMonitor": "driftmonitors",
 }
 
+# "Not known here, ask the API server": what a cache answers for a kind it does not keep (None means absent).
+UNKNOWN: Any = object()
+
 _lock = threading.Lock()
 _client: client.ApiClient | None = None
 _discovery: dict[str, tuple[float, bool]] = {}
@@ -97,18 +100,24 @@ def list_objects(api_version: str, kind: str, namespace: str | None,
     return _call("GET", path(api_version, kind, namespace), query=query).get("items", [])
 
 
-def apply(manifest: dict[str, Any]) -> Action:
-    """Create or update one object; returns what was done."""
+def apply(manifest: dict[str, Any], existing: dict[str, Any] | Any | None = UNKNOWN) -> Action:
+    """Create or update one object; returns what was done. `existing` is the object as a cache last saw it
+    (None: absent), so that a reconcile that changes nothing sends nothing; UNKNOWN reads it first."""
     meta = manifest["metadata"]
-    existing = get(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"])
+    api_version, kind, namespace = manifest["apiVersion"], manifest["kind"], meta.get("namespace")
+    if existing is UNKNOWN:
+        existing = get(api_version, kind, namespace, meta["name"])
     action = action_for(manifest, existing)
     if action is Action.CREATE:
         try:
-            _call("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), body=manifest)
+            _call("POST", path(api_version, kind, namespace), body=manifest)
         except ApiException as err:
-            if err.status != 409:  # created meanwhile (another replica, a retry): fall through to apply
+            if err.status != 409:
                 raise
-            action = Action.UPDATE
+            # Created meanwhile (another replica, a retry) or not in the cache yet: compare with what is there.
+            action = action_for(manifest, get(api_version, kind, namespace, meta["name"]))
+            if action is Action.CREATE:  # deleted again in between: the next reconcile creates it
+                raise
     if action is Action.UPDATE:
         _call("PATCH", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]),
               body=manifest, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
@@ -152,3 +161,9 @@ def resource_served(group_version: str, plural: str) -> bool:
         served = False
     _discovery[key] = (time.monotonic(), served)
     return served
+
+
+def forget_discovery() -> None:
+    """Drop cached discovery answers, so that the next resource_served() asks the API server (an optional CRD
+    installed or removed while the operator runs, as the RayJob tests do)."""
+    _discovery.clear()

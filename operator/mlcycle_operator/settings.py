@@ -9,8 +9,15 @@ from typing import Any
 import kopf
 
 from .config import Config
+from .handlers._cache import CHILD_KINDS, MANAGED
 
 PREFIX = "mlcycle.io"
+
+
+def diffbase_storage() -> kopf.AnnotationsDiffBaseStorage:
+    """Where Kopf keeps the last handled state of an object (to tell what changed): an annotation under PREFIX.
+    Kopf leaves every PREFIX annotation out of what it compares, so signals meant as changes live elsewhere."""
+    return kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key="last-handled-configuration")
 
 
 @kopf.on.login()
@@ -27,8 +34,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # Handler progress lives in annotations under our own prefix: status is ours and schema-pruned, so
     # Kopf's default status.kopf field would be dropped by the API server.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration")
+    settings.persistence.diffbase_storage = diffbase_storage()
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     # Our transitions are posted as Events explicitly (kopf.info/warn). Kopf's own per-handler log lines
     # ("Timer ... succeeded" every few seconds) would drown them, so only its warnings become Events.
@@ -38,6 +44,10 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 30
+    # The children Kopf watches for the cache are only ours: filter on the server, so a cluster's other
+    # ConfigMaps, Services and Deployments never reach the operator.
+    for group, version, plural in CHILD_KINDS.values():
+        settings.watching.label_selectors[group, version, plural] = ",".join(f"{k}={v}" for k, v in MANAGED.items())
     # Handlers are synchronous (the kubernetes client); they run in this many threads at once.
     settings.execution.max_workers = 16
     # Two replicas coordinate through Kopf peering when its CRDs exist; one replica does not need them.

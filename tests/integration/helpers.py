@@ -18,14 +18,14 @@ PLURALS = {"MLProject": "mlprojects", "TrainingJob": "trainingjobs",
            "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors"}
 
 
-def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition", every: float = 0.5):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
         last = predicate()
         if last:
             return last
-        time.sleep(0.5)
+        time.sleep(every)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
 
 

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from mlcycle_operator import kube
+from mlcycle_operator.handlers._cache import CHILD_KINDS
 from mlcycle_operator.resources import project
 from mlcycle_operator.resources.common import Meta
 from tests.harness import binaries
@@ -235,11 +236,12 @@ GROUPS = {
     "DriftMonitor": "mlcycle.io",
 }
 # What the operator does with each kind: kube.py issues get/list/create/patch/delete (never update); Kopf
-# lists, watches and patches the four mlcycle kinds and watches the Deployments it owns; pods are only read,
-# Events only posted, and the only mlcycle object the operator creates is a retraining TrainingJob.
+# lists, watches and patches the four mlcycle kinds and watches the children it caches (handlers/_cache.py);
+# pods are only read, Events only posted, and the only mlcycle object the operator creates is a retraining
+# TrainingJob. The optional APIs (RayJob, ServiceMonitor, PrometheusRule) are not cached, so not watched.
 CHILD_VERBS = {"get", "list", "create", "patch", "delete"}
 VERBS = {
-    "Deployment": CHILD_VERBS | {"watch"},
+    **{kind: CHILD_VERBS | {"watch"} for kind in CHILD_KINDS},
     "Pod": {"get", "list"},
     "Event": {"create"},
     "MLProject": {"get", "list", "watch", "patch"},

@@ -15,6 +15,7 @@ from ..metrics import RETRAINS, reconciling
 from ..resources import monitor as builders
 from ..resources.common import Meta
 from . import _children, _events, _status
+from ._cache import Cache
 from .mlproject import runtime_image
 
 PLURAL = "driftmonitors"
@@ -33,7 +34,7 @@ def _reference_uri(spec: DriftMonitorSpec, deployment: dict[str, Any]) -> str | 
 @kopf.on.update(GROUP, VERSION, PLURAL)
 @kopf.timer(GROUP, VERSION, PLURAL, interval=30, initial_delay=10, idle=10)
 def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: Any,
-                           **_: Any) -> None:
+                           **kwargs: Any) -> None:
     """Also on a timer: the model in service (hence the reference) changes when the deployment promotes."""
     with reconciling("DriftMonitor"):
         monitor = _status.parse_spec(DriftMonitorSpec, spec, body, patch, status)
@@ -45,7 +46,8 @@ def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
             _status.waiting_for(body, patch, status, cond.READY, cond.DEPLOYMENT_NOT_FOUND, message)
             raise kopf.TemporaryError(message, delay=15)
         project_name = deployment["spec"]["project"]
-        project = kube.get(API_VERSION, "MLProject", meta.namespace, project_name)
+        cache = Cache(kwargs)
+        project = cache.project(meta.namespace, project_name)
         project_spec = MLProjectSpec.model_validate(project["spec"]) if project else None
         if project_spec is None:
             raise kopf.TemporaryError(f"MLProject {project_name} not found", delay=15)
@@ -64,8 +66,8 @@ def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
         with_rule = monitor.alerting.enabled and kube.resource_served("monitoring.coreos.com/v1", "prometheusrules")
         image = monitor.image or runtime_image(project_spec, memo)
         _children.apply_owned(body, builders.children(monitor, meta, project_name, project_spec, image, config,
-                                                      with_rule))
-        workload = kube.get("apps/v1", "Deployment", meta.namespace, builders.monitor_name(meta.name))
+                                                      with_rule), cache)
+        workload = cache.read("apps/v1", "Deployment", meta.namespace, builders.monitor_name(meta.name))
         ready = ((workload or {}).get("status") or {}).get("availableReplicas", 0) > 0
         conditions = cond.set_condition(
             list(old.get("conditions", [])), cond.READY, ready, cond.RECONCILED if ready else "WaitingForMonitor",

@@ -8,13 +8,13 @@ from typing import Any
 import kopf
 
 from .. import conditions as cond
-from .. import kube
-from ..api.common import API_VERSION, GROUP, VERSION
+from ..api.common import GROUP, VERSION
 from ..api.mlproject import MLProjectSpec
 from ..metrics import reconciling
 from ..resources import project as builders
-from ..resources.common import Meta
+from ..resources.common import LABEL_INSTANCE, LABEL_OWNER_KIND, Meta
 from . import _children, _events, _status
+from ._cache import Cache
 
 PLURAL = "mlprojects"
 
@@ -27,38 +27,39 @@ def runtime_image(spec: MLProjectSpec, memo: Any) -> str:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def mlproject_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: Any,
-                        **_: Any) -> None:
+                        **kwargs: Any) -> None:
     with reconciling("MLProject"):
         project = _status.parse_spec(MLProjectSpec, spec, body, patch, status)
         meta = Meta.of(body)
         desired = builders.children(project, meta, runtime_image(project, memo))
         # The model store outlives the project: deleting an MLProject must never delete its models.
         pvc = [c for c in desired if c["kind"] == "PersistentVolumeClaim"]
-        _children.apply_owned(body, pvc, owned=False)
-        _children.apply_owned(body, [c for c in desired if c["kind"] != "PersistentVolumeClaim"])
+        cache = Cache(kwargs)
+        _children.apply_owned(body, pvc, cache, owned=False)
+        _children.apply_owned(body, [c for c in desired if c["kind"] != "PersistentVolumeClaim"], cache)
         if project.feature_store is None or not project.feature_store.materialization.enabled:
-            _children.prune(body, "batch/v1", "CronJob", meta.namespace,
-                            f"app.kubernetes.io/instance={meta.name},mlcycle.io/owner-kind=mlproject", keep=set())
-        new = _observed(project, meta, dict(status or {}))
+            _children.prune(body, cache, "batch/v1", "CronJob", meta.namespace,
+                            {LABEL_INSTANCE: meta.name, LABEL_OWNER_KIND: "mlproject"}, keep=set())
+        new = _observed(project, meta, dict(status or {}), cache)
         if _status.write(patch, status, new) and (status or {}).get("phase") != new["phase"]:
             _events.normal(body, cond.RECONCILED, f"MLProject is {new['phase']}")
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=30, initial_delay=5, idle=5)
 def mlproject_observe(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
-                      **_: Any) -> None:
-    """Level-based: the counts and the champion change when other objects change, not this one."""
+                      **kwargs: Any) -> None:
+    """Level-based: the counts and the champion change when other objects change, not this one (read from the
+    cache: no API reads however many objects the project has)."""
     project = MLProjectSpec.model_validate(dict(spec))
-    _status.write(patch, status, _observed(project, Meta.of(body), dict(status or {})))
+    _status.write(patch, status, _observed(project, Meta.of(body), dict(status or {}), Cache(kwargs)))
 
 
-def _observed(project: MLProjectSpec, meta: Meta, old: dict[str, Any]) -> dict[str, Any]:
+def _observed(project: MLProjectSpec, meta: Meta, old: dict[str, Any], cache: Cache) -> dict[str, Any]:
     def mine(kind: str) -> list[dict[str, Any]]:
-        return [o for o in kube.list_objects(API_VERSION, kind, meta.namespace)
-                if (o.get("spec") or {}).get("project") == meta.name]
+        return cache.members(kind, meta.namespace, meta.name)
 
     jobs, deployments, monitors = mine("TrainingJob"), mine("ModelDeployment"), mine("DriftMonitor")
-    running = [j for j in jobs if (j.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
+    running = [j for j in jobs if j.get("phase") not in ("Succeeded", "Failed")]
     conditions = cond.set_condition(list(old.get("conditions", [])), cond.READY, True, cond.RECONCILED,
                                     "Workload identity, feature store config and storage are provisioned.",
                                     meta.generation)
@@ -79,15 +80,15 @@ def _observed(project: MLProjectSpec, meta: Meta, old: dict[str, Any]) -> dict[s
 
 
 def _champion(deployments: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The stable model of the project's oldest serving deployment: what new models must beat."""
-    serving = sorted((d for d in deployments if (d.get("status") or {}).get("stableVersion")),
-                     key=lambda d: d["metadata"]["creationTimestamp"])
+    """The stable model of the project's oldest serving deployment: what new models must beat (`deployments`
+    are the cache's summaries)."""
+    serving = sorted((d for d in deployments if d.get("stableVersion")), key=lambda d: (d["created"], d["name"]))
     if not serving:
         return None
-    status = serving[0]["status"]
-    champion = {"model": serving[0]["spec"]["model"]["name"], "version": status["stableVersion"]}
-    if status.get("modelUri"):
-        champion["uri"] = status["modelUri"]
-    if status.get("trainingJob"):
-        champion["trainingJob"] = status["trainingJob"]
+    first = serving[0]
+    champion = {"model": first["modelName"], "version": first["stableVersion"]}
+    if first.get("modelUri"):
+        champion["uri"] = first["modelUri"]
+    if first.get("trainingJob"):
+        champion["trainingJob"] = first["trainingJob"]
     return champion

@@ -3,6 +3,8 @@ per-version servers and the router match the decision, and record it in status."
 
 from __future__ import annotations
 
+import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,20 +17,27 @@ from ..api.mlproject import MLProjectSpec
 from ..api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus, Shadow
 from ..metrics import ROLLOUT_DECISIONS, reconciling
 from ..resources import serving as builders
-from ..resources.common import LABEL_COMPONENT, LABEL_INSTANCE, Meta
+from ..resources.common import CONFIG_FILE, LABEL_COMPONENT, LABEL_INSTANCE, Meta
 from ..units import parse_duration
 from . import _children, _events, _status
+from ._cache import Cache
 from .mlproject import runtime_image
 
 PLURAL = "modeldeployments"
 VERSION_ANNOTATION = "mlcycle.io/model-version"
-# Set by a TrainingJob whose model passed its gates on the deployments that track that model: an annotation
-# change is an update event, so the deployment reconciles at once.
-NUDGE_ANNOTATION = "mlcycle.io/new-model"
-# Set when a child Deployment becomes available (or stops being): the same kind of nudge.
-READY_ANNOTATION = "mlcycle.io/child-ready"
-# Decisions that change nothing a person would want an Event for (analysis failures get one regardless).
-QUIET_ACTIONS = {rollout.Action.NOTHING, rollout.Action.WAIT_READY, rollout.Action.HOLD, rollout.Action.ANALYSE}
+# Nudges: annotations whose change is an update event, so the deployment reconciles at once. Not under
+# `mlcycle.io/`: Kopf keeps its own state there and leaves every `mlcycle.io/` annotation out of the essence it
+# diffs, so a nudge under that prefix was no event at all (deployments then waited for their resync).
+NUDGE_PREFIX = "nudge.mlcycle.io"
+# Set by a TrainingJob whose model passed its gates on the deployments that track that model.
+NUDGE_ANNOTATION = f"{NUDGE_PREFIX}/new-model"
+# Set when a model server becomes available (or stops being).
+READY_ANNOTATION = f"{NUDGE_PREFIX}/child-ready"
+
+
+def server_selector(meta: Meta) -> dict[str, str]:
+    """The labels of every per-version child (servers, their Services, ConfigMaps, autoscalers, budgets)."""
+    return {LABEL_INSTANCE: meta.name, LABEL_COMPONENT: "model-server"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +52,8 @@ class ModelVersion:
 
 def available_versions(spec: ModelDeploymentSpec, meta: Meta, project: MLProjectSpec,
                        jobs: list[dict[str, Any]]) -> list[ModelVersion]:
-    """Pinned: the one version. Tracked: every Succeeded TrainingJob of the model whose gates passed, oldest first."""
+    """Pinned: the one version. Tracked: every Succeeded TrainingJob of the model whose gates passed, oldest first
+    (`jobs` are the project's TrainingJob summaries from the cache)."""
     model = spec.model
     if model.uri:
         return [ModelVersion(version=model.uri.rstrip("/").rsplit("/", 1)[-1], uri=model.uri)]
@@ -53,23 +63,20 @@ def available_versions(spec: ModelDeploymentSpec, meta: Meta, project: MLProject
     selector = model.track.selector.match_labels if model.track else {}
     found = []
     for job in jobs:
-        labels = job["metadata"].get("labels") or {}
-        status = job.get("status") or {}
-        produced = status.get("model") or {}
-        if (job["spec"].get("project") == spec.project and job["spec"]["output"]["modelName"] == model.name
-                and all(labels.get(k) == v for k, v in selector.items())
-                and status.get("phase") == "Succeeded" and status.get("gatesPassed") is True
+        produced = job.get("model") or {}
+        if (job.get("project") == spec.project and job.get("modelName") == model.name
+                and all(job["labels"].get(k) == v for k, v in selector.items())
+                and job.get("phase") == "Succeeded" and job.get("gatesPassed") is True
                 and produced.get("version") and produced.get("uri")):
-            found.append(ModelVersion(produced["version"], produced["uri"], job["metadata"]["name"],
-                                      status.get("completionTime") or ""))
+            found.append(ModelVersion(produced["version"], produced["uri"], job["name"],
+                                      job.get("completionTime") or ""))
     return sorted(found, key=lambda v: (v.finished, v.version))
 
 
-def _serving_state(meta: Meta) -> tuple[set[str], set[str], int, int]:
+def _serving_state(body: kopf.Body, meta: Meta, cache: Cache) -> tuple[set[str], set[str], int, int]:
     """Versions whose Deployment exists, those Available, and ready/desired replicas over all of them."""
-    selector = f"{LABEL_INSTANCE}={meta.name},{LABEL_COMPONENT}=model-server"
     existing, ready, ready_replicas, desired_replicas = set(), set(), 0, 0
-    for deployment in kube.list_objects("apps/v1", "Deployment", meta.namespace, selector):
+    for deployment in _children.owned(body, cache, "apps/v1", "Deployment", meta.namespace, server_selector(meta)):
         version = (deployment["metadata"].get("annotations") or {}).get(VERSION_ANNOTATION)
         if not version:
             continue
@@ -95,8 +102,8 @@ def _analysis_settings(spec: ModelDeploymentSpec) -> Analysis | None:
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def modeldeployment_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
-                              memo: Any, **_: Any) -> None:
-    _reconcile(body, spec, status, patch, memo)
+                              memo: Any, **kwargs: Any) -> None:
+    _reconcile(body, spec, status, patch, memo, Cache(kwargs))
 
 
 def _rolling_out(status: kopf.Status, **_: Any) -> bool:
@@ -104,50 +111,70 @@ def _rolling_out(status: kopf.Status, **_: Any) -> bool:
     return bool((status or {}).get("rollout") or (status or {}).get("retiring"))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=3, idle=2, when=_rolling_out)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=2, initial_delay=2, idle=1, when=_rolling_out)
 def modeldeployment_progress(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
-                             memo: Any, **_: Any) -> None:
-    """Every few seconds during a rollout: pauses end and analysis runs fall due by the clock."""
-    _reconcile(body, spec, status, patch, memo)
+                             memo: Any, **kwargs: Any) -> None:
+    """Every two seconds during a rollout: pauses end and analysis runs fall due by the clock, and a run is late
+    by at most a tick (a bad canary goes within interval x failureLimit). Cheap: reconciling reads the cache."""
+    _reconcile(body, spec, status, patch, memo, Cache(kwargs))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=60, initial_delay=30, idle=10,
             when=lambda **kw: not _rolling_out(**kw))
 def modeldeployment_resync(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
-                           memo: Any, **_: Any) -> None:
-    """A slow safety net otherwise (a thousand deployments must not keep the operator busy): replicas
-    becoming ready arrive through modeldeployment_child_ready, new gated models through NUDGE_ANNOTATION."""
-    _reconcile(body, spec, status, patch, memo)
+                           memo: Any, **kwargs: Any) -> None:
+    """A slow safety net otherwise: replicas becoming ready arrive through modeldeployment_child_ready, new gated
+    models through NUDGE_ANNOTATION. It reads only the cache, so a thousand deployments cost no API reads."""
+    _reconcile(body, spec, status, patch, memo, Cache(kwargs))
 
 
-@kopf.on.field("apps", "v1", "deployments", field="status.availableReplicas",
-               labels={"app.kubernetes.io/managed-by": "mlcycle-operator", "mlcycle.io/owner-kind": "modeldeployment"})
-def modeldeployment_child_ready(body: kopf.Body, old: Any, new: Any, **_: Any) -> None:
-    """A server or router gained or lost available replicas: nudge its ModelDeployment to look now."""
-    if bool(old) == bool(new):
-        return  # only becoming available (or losing all of it) changes a decision
+# How many available replicas each model server (Deployment uid) had when last seen. Kept here and not through
+# Kopf's on.field: that would store a last-handled annotation on every server (a write per status change).
+_server_available: dict[str, int] = {}
+
+
+@kopf.on.event("apps", "v1", "deployments",
+               labels={"app.kubernetes.io/managed-by": "mlcycle-operator", "mlcycle.io/owner-kind": "modeldeployment",
+                       LABEL_COMPONENT: "model-server"})
+async def modeldeployment_child_ready(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> None:
+    """A model server's available replicas changed: nudge its ModelDeployment to look now (the rollout waits for
+    readiness, status counts replicas). Only servers: a router becoming ready changes no decision, and each nudge
+    is two writes. A coroutine, called for every server event: only a nudge goes to a thread (the client
+    blocks)."""
+    uid = body["metadata"]["uid"]
+    if event.get("type") == "DELETED":
+        _server_available.pop(uid, None)
+        return
+    available = (body.get("status") or {}).get("availableReplicas") or 0
+    before = _server_available.get(uid)
+    _server_available[uid] = available
+    # The initial listing (type None) only learns the state: a starting operator reconciles every deployment anyway.
+    if event.get("type") is None or available == (before or 0):
+        return
     owner = next((ref["name"] for ref in body["metadata"].get("ownerReferences") or []
                   if ref.get("kind") == "ModelDeployment"), None)
     if owner:
-        kube.patch_annotations(API_VERSION, "ModelDeployment", body["metadata"]["namespace"], owner,
-                               {READY_ANNOTATION: f"{body['metadata']['name']}={new or 0}"})
+        await asyncio.to_thread(kube.patch_annotations, API_VERSION, "ModelDeployment",
+                                body["metadata"]["namespace"], owner,
+                                {READY_ANNOTATION: f"{body['metadata']['name']}={available}"})
 
 
-def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: Any) -> None:
+def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: Any,
+               cache: Cache) -> None:
     with reconciling("ModelDeployment"):
         md = _status.parse_spec(ModelDeploymentSpec, spec, body, patch, status)
         meta = Meta.of(body)
         old = dict(status or {})
-        project = kube.get(API_VERSION, "MLProject", meta.namespace, md.project)
+        project = cache.project(meta.namespace, md.project)
         if project is None:
             message = f"MLProject {md.project} does not exist in namespace {meta.namespace}"
             _status.waiting_for(body, patch, status, cond.READY, cond.PROJECT_NOT_FOUND, message)
             return
         project_spec = MLProjectSpec.model_validate(project["spec"])
-        jobs = kube.list_objects(API_VERSION, "TrainingJob", meta.namespace) if md.model.track else []
+        jobs = cache.members("TrainingJob", meta.namespace, md.project) if md.model.track else []
         versions = {v.version: v for v in available_versions(md, meta, project_spec, jobs)}
         desired = list(versions)[-1] if versions else None
-        existing, ready, ready_replicas, desired_replicas = _serving_state(meta)
+        existing, ready, ready_replicas, desired_replicas = _serving_state(body, meta, cache)
         current = ModelDeploymentStatus.model_validate(old)
         candidate = (current.rollout.candidate_version if current.rollout else None) or current.candidate_version
         now = cond.now()
@@ -156,7 +183,8 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         # Only when decide() would record a run: the timer ticks far more often than the analysis interval.
         if candidate and candidate in ready and settings is not None and rollout.analysis_due(md, current, now):
             measurements = analysis.measure(memo.config.prometheus_url, settings.metrics, meta.namespace, meta.name,
-                                            candidate, settings.interval, memo.config.prometheus_timeout)
+                                            candidate, settings.interval, memo.config.prometheus_timeout,
+                                            stable=current.stable_version)
         shadow = None
         if candidate and candidate in ready and md.strategy.type == "Shadow" and current.stable_version:
             shadow_spec = md.strategy.shadow or Shadow()
@@ -170,8 +198,8 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         decision = rollout.decide(md, current, observation)
         ROLLOUT_DECISIONS.labels(decision.action).inc()
 
-        serve = [v for v in (decision.stable_version, decision.candidate_version) if v]
-        known = {**{v: ModelVersion(v, old.get("modelUri") or "") for v in serve}, **versions}
+        serve = decision.versions_to_run()
+        known = {**{v: _serving_now(meta, cache, v, current, old) for v in serve if v not in versions}, **versions}
         image = md.serving.image or runtime_image(project_spec, memo)
         children = []
         for version in serve:
@@ -186,24 +214,40 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         ]
         if md.service_monitor and kube.resource_served("monitoring.coreos.com/v1", "servicemonitors"):
             children.append(builders.service_monitor(md, meta))
-        _children.apply_owned(body, children)
+        _children.apply_owned(body, children, cache)
         retiring = sorted(existing - set(serve))
         if retiring and _drained(md, current, decision, now):  # remove the servers of versions that left
             retiring = []
             keep = {builders.version_name(meta.name, v) for v in serve}
-            selector = f"{LABEL_INSTANCE}={meta.name},{LABEL_COMPONENT}=model-server"
             for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"),
                                       ("autoscaling/v2", "HorizontalPodAutoscaler"),
                                       ("policy/v1", "PodDisruptionBudget")):
-                _children.prune(body, api_version, kind, meta.namespace, selector, keep)
+                _children.prune(body, cache, api_version, kind, meta.namespace, server_selector(meta), keep)
 
         new = _status_from(decision, current, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions))
         new["retiring"] = retiring or None
         _status.write(patch, status, new)
-        failed_run = decision.analysis_run is not None and decision.analysis_run.verdict == "Fail"
-        if decision.action not in QUIET_ACTIONS or failed_run:
-            warning = decision.action is rollout.Action.ROLL_BACK or failed_run
-            (_events.warning if warning else _events.normal)(body, decision.reason, decision.message)
+        if decision.event_type is not None:
+            (_events.warning if decision.event_type == "Warning" else _events.normal)(
+                body, decision.reason, decision.message)
+
+
+def _serving_now(meta: Meta, cache: Cache, version: str, current: ModelDeploymentStatus,
+                 old: dict[str, Any]) -> ModelVersion:
+    """A version still served whose source is gone (its TrainingJob deleted, the pin moved on): the model its
+    server was configured with. Never another version's model: that would serve the wrong model under its name."""
+    config_map = cache.read("v1", "ConfigMap", meta.namespace, builders.version_name(meta.name, version))
+    if config_map is not None:
+        try:
+            uri = json.loads(config_map["data"][CONFIG_FILE])["model"]["uri"]
+            job = old.get("trainingJob") if version == current.stable_version else None
+            return ModelVersion(version, uri, training_job=job)
+        except (KeyError, TypeError, ValueError):
+            pass
+    if version == current.stable_version and old.get("modelUri"):
+        return ModelVersion(version, old["modelUri"], old.get("trainingJob"))
+    raise kopf.TemporaryError(f"the model of version {version} is unknown: its source is gone and no server of it "
+                              "exists", delay=30)
 
 
 def _drained(md: ModelDeploymentSpec, current: ModelDeploymentStatus, decision: rollout.Decision, now) -> bool:
@@ -240,7 +284,7 @@ def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md:
     conditions = cond.set_condition(conditions, cond.PROGRESSING, progressing, decision.reason,
                                     decision.message, generation)
     degraded = decision.action is rollout.Action.ROLL_BACK or (
-        cond.is_true(conditions, cond.DEGRADED) and decision.action in QUIET_ACTIONS and not progressing)
+        cond.is_true(conditions, cond.DEGRADED) and decision.action in rollout.QUIET_ACTIONS and not progressing)
     conditions = cond.set_condition(conditions, cond.DEGRADED, degraded,
                                     decision.reason if degraded else "Healthy",
                                     decision.message if degraded else "", generation)

@@ -15,6 +15,7 @@ from ..metrics import reconciling
 from ..resources import training as builders
 from ..resources.common import Meta
 from . import _children, _events, _status
+from ._cache import Cache
 from .mlproject import runtime_image
 from .modeldeployment import NUDGE_ANNOTATION
 
@@ -28,14 +29,15 @@ def _kuberay_installed() -> bool:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: Any,
-                      **_: Any) -> None:
+                      **kwargs: Any) -> None:
     with reconciling("TrainingJob"):
         job = _status.parse_spec(TrainingJobSpec, spec, body, patch, status)
         meta = Meta.of(body)
         old = dict(status or {})
         if old.get("phase") in diagnose.TERMINAL:
             return
-        project = kube.get(API_VERSION, "MLProject", meta.namespace, job.project)
+        cache = Cache(kwargs)
+        project = cache.project(meta.namespace, job.project)
         if project is None:
             message = f"MLProject {job.project} does not exist in namespace {meta.namespace}; waiting for it"
             _status.waiting_for(body, patch, status, cond.PROGRESSING, cond.PROJECT_NOT_FOUND, message)
@@ -47,7 +49,7 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
         kind = "RayJob" if _kuberay_installed() else "Job"
         build = builders.ray_job if kind == "RayJob" else builders.batch_job
         workload = build(job, meta, project_spec, image)
-        _children.apply_owned(body, [builders.config_map(job, meta, config), workload])
+        _children.apply_owned(body, [builders.config_map(job, meta, config), workload], cache)
         now = cond.now().isoformat().replace("+00:00", "Z")
         conditions = cond.set_condition(
             list(old.get("conditions", [])), cond.PROGRESSING, True, cond.WORKLOAD_CREATED,
@@ -65,18 +67,28 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=2,
             when=lambda status, **_: (status or {}).get("phase") not in diagnose.TERMINAL)
-def trainingjob_observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
-    """Level-based: the workload's pods and the trainer's status.result decide the phase."""
-    _observe(body, status, patch)
+def trainingjob_observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **kwargs: Any) -> None:
+    """Level-based: the workload's pods and the trainer's status.result decide the phase. The Job comes from the
+    cache, and its pods are listed only when it has no ready pod or has failures, so a thousand running jobs
+    cost no API reads."""
+    _observe(body, status, patch, Cache(kwargs))
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="status.result")
-def trainingjob_result(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **_: Any) -> None:
+def trainingjob_result(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, **kwargs: Any) -> None:
     """React to the trainer's report at once instead of waiting for the next timer tick."""
-    _observe(body, status, patch)
+    _observe(body, status, patch, Cache(kwargs))
 
 
-def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
+def _pods_worth_reading(kind: str, job: dict[str, Any] | None) -> bool:
+    """A running Job whose pods are all ready, with no failure, has nothing in its pods to diagnose."""
+    if kind != "Job" or job is None:
+        return True
+    status = job.get("status") or {}
+    return not status.get("ready") or bool(status.get("failed")) or status.get("ready", 0) < status.get("active", 0)
+
+
+def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, cache: Cache) -> None:
     old = dict(status or {})
     workload = old.get("workload")
     if not workload or old.get("phase") in diagnose.TERMINAL:
@@ -84,14 +96,15 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
     with reconciling("TrainingJob"):
         meta = Meta.of(body)
         api_version = "ray.io/v1" if workload["kind"] == "RayJob" else "batch/v1"
-        job = kube.get(api_version, workload["kind"], meta.namespace, workload["name"])
+        job = cache.read(api_version, workload["kind"], meta.namespace, workload["name"])
         if workload["kind"] == "RayJob":
             # KubeRay names the cluster <rayjob>-<suffix>; it is known once the RayJob reports it.
             ray_cluster = ((job or {}).get("status") or {}).get("rayClusterName")
             selector = f"ray.io/cluster={ray_cluster}" if ray_cluster else None
         else:
             selector = f"job-name={workload['name']}"
-        pods = kube.list_objects("v1", "Pod", meta.namespace, selector) if selector else []
+        reading = selector and _pods_worth_reading(workload["kind"], job)
+        pods = kube.list_objects("v1", "Pod", meta.namespace, selector) if reading else []
         now = cond.now().isoformat().replace("+00:00", "Z")
         observed = diagnose.observe_training(old, job, pods, meta.generation, now)
         if not observed.status:
@@ -109,22 +122,20 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch) -> None:
 
 
 @kopf.on.field(GROUP, VERSION, PLURAL, field="status.phase")
-def trainingjob_finished(body: kopf.Body, new: Any, **_: Any) -> None:
+def trainingjob_finished(body: kopf.Body, new: Any, **kwargs: Any) -> None:
     """A gated model exists now: tell the deployments that track it. Here, once the phase is stored, and not
     where the phase is decided: a deployment nudged before the patch lands would still read the job as running."""
     status = body.get("status") or {}
     if new == "Succeeded" and status.get("gatesPassed"):
-        _nudge_tracking_deployments(body, status)
+        _nudge_tracking_deployments(body, status, Cache(kwargs))
 
 
-def _nudge_tracking_deployments(body: kopf.Body, status: dict[str, Any]) -> None:
+def _nudge_tracking_deployments(body: kopf.Body, status: dict[str, Any], cache: Cache) -> None:
     """Tell the deployments that track this model that a new gated version exists."""
     meta = Meta.of(body)
     model = body["spec"]["output"]["modelName"]
     version = (status.get("model") or {}).get("version", "")
-    for md in kube.list_objects(API_VERSION, "ModelDeployment", meta.namespace):
-        spec = md.get("spec") or {}
-        if spec.get("project") == body["spec"]["project"] and (spec.get("model") or {}).get("name") == model \
-                and (spec.get("model") or {}).get("track") is not None:
-            kube.patch_annotations(API_VERSION, "ModelDeployment", meta.namespace, md["metadata"]["name"],
+    for md in cache.members("ModelDeployment", meta.namespace, body["spec"]["project"]):
+        if md["modelName"] == model and md["tracking"]:
+            kube.patch_annotations(API_VERSION, "ModelDeployment", meta.namespace, md["name"],
                                    {NUDGE_ANNOTATION: f"{meta.name}/{version}"})
