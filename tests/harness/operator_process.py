@@ -1,8 +1,11 @@
-"""The operator as a separate process on a LocalCluster (demo, benchmarks); tests run it in-process instead."""
+"""The operator as a separate process on a LocalCluster (demo, benchmarks, restart tests); most tests run it
+in-process instead."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -33,4 +36,24 @@ def start_operator(cluster: LocalCluster, **env: str) -> subprocess.Popen:
             return operator
         except OSError:
             time.sleep(0.2)
+    stop_operator(cluster, operator)  # a half-started operator must not act behind the caller's back
     raise RuntimeError(f"the operator did not answer /healthz within 30 s; see {log_path}")
+
+
+def stop_operator(cluster: LocalCluster, operator: subprocess.Popen, sig: int = signal.SIGKILL,
+                  timeout: float = 15) -> int:
+    """Signal the operator's process group (SIGKILL by default: no shutdown handlers, as a crash or an evicted
+    pod), wait until it is gone, forget it in the cluster's records, and return its exit status."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(operator.pid, sig)
+    try:
+        code = operator.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(operator.pid, signal.SIGKILL)
+        code = operator.wait(timeout=5)
+    cluster.processes = [p for p in cluster.processes if p.pid != operator.pid]
+    cluster.save_state()
+    with open(cluster.directory / "logs" / "operator.log", "ab") as log:  # where one operator ends and the next starts
+        log.write(f"----- operator {operator.pid} stopped by signal {signal.Signals(sig).name} -----\n".encode())
+    return code
