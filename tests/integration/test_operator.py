@@ -122,11 +122,13 @@ def test_the_loop_in_resources(ml: Mlcycle):
     assert status["model"]["version"] == "v1" and status["metrics"]["roc_auc"] == 0.83
 
     md = ml.create(EXAMPLES["ModelDeployment"])
+    # Available with its first ready replica; the count follows as the second one comes up (each change nudges).
     status = wait_for(lambda: ml.status("ModelDeployment", "churn").get("phase") == "Available"
-                      and ml.status("ModelDeployment", "churn"), timeout=90, what="ModelDeployment Available")
+                      and ml.status("ModelDeployment", "churn").get("readyReplicas", 0) >= 2
+                      and ml.status("ModelDeployment", "churn"), timeout=90,
+                      what="ModelDeployment Available with both replicas counted")
     assert status["stableVersion"] == "v1" and status["trafficSummary"] == "v1=100"
     assert status["trainingJob"] == "churn-v1" and status["endpoint"] == f"http://churn.{ml.namespace}.svc"
-    assert status["readyReplicas"] >= 2
     server = ml.apps.read_namespaced_deployment("churn-v-v1", ml.namespace)
     assert owned_by(server, md)
     pod = server.spec.template.spec
