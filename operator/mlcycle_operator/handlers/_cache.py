@@ -26,11 +26,9 @@ from ..resources.common import MANAGED_BY
 
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
-# Children by kind: the kinds whose status the operator reads (servers and routers becoming available, training
-# Jobs progressing), so that reading them costs no request. Other children are not watched: Kopf keeps state for
-# every object it watches, and ten thousand ConfigMaps and Services cost several hundred MiB of resident memory
-# (measured) for reads that only a reconcile of an existing object needs (a new object's children are created
-# without reading, see _children.apply_owned).
+# Children by kind: the kinds whose status the operator reads (servers becoming available, training Jobs
+# progressing), so that reading them costs no request. Other children are not watched: only a reconcile of an
+# existing object reads them, and a new object's children are created without reading (_children.apply_owned).
 CHILD_KINDS = {
     "Deployment": ("apps", "v1", "deployments"),
     "Job": ("batch", "v1", "jobs"),
@@ -86,9 +84,10 @@ def _member_indexer(kind: str):
     return index
 
 
-for _kind, _plural in (("TrainingJob", "trainingjobs"), ("ModelDeployment", "modeldeployments"),
-                       ("DriftMonitor", "driftmonitors")):
-    kopf.index(GROUP, VERSION, _plural, id=f"cache_{_plural}")(_member_indexer(_kind))
+# The mlcycle kinds other handlers read (counts, tracked models, the champion), as summaries.
+MEMBER_KINDS = {"TrainingJob": "trainingjobs", "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors"}
+for _kind, _plural in MEMBER_KINDS.items():
+    kopf.index(GROUP, VERSION, _plural, id=_index_id(_plural))(_member_indexer(_kind))
 
 
 class Cache:
@@ -97,9 +96,7 @@ class Cache:
     def __init__(self, kwargs: Mapping[str, Any]):
         self._children = {kind: kwargs.get(_index_id(plural)) for kind, (_, _, plural) in CHILD_KINDS.items()}
         self._projects = kwargs.get("cache_projects")
-        self._members = {"TrainingJob": kwargs.get("cache_trainingjobs"),
-                         "ModelDeployment": kwargs.get("cache_modeldeployments"),
-                         "DriftMonitor": kwargs.get("cache_driftmonitors")}
+        self._members = {kind: kwargs.get(_index_id(plural)) for kind, plural in MEMBER_KINDS.items()}
 
     def child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | Any | None:
         """The child as last seen; None when it does not exist; UNKNOWN when this kind is not cached."""
