@@ -62,6 +62,13 @@ class Mlcycle:
         return [f"{e.reason}: {e.message}" for e in self.core.list_namespaced_event(
             self.namespace, field_selector=f"involvedObject.name={name}").items]
 
+    def wait_event(self, name: str, match, what: str, timeout: float = 30.0) -> list[str]:
+        """Wait for an Event on ``name`` that ``match`` accepts; return all of its Events then.
+
+        Kopf posts Events from a queue of its own, so one can arrive after the status it accompanies."""
+        return wait_for(lambda: (events := self.events(name)) and any(match(e) for e in events) and events,
+                        timeout=timeout, what=what)
+
 
 def condition(status: dict[str, Any], type_: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c["type"] == type_), None)

@@ -55,7 +55,7 @@ def test_healthy_canary_is_promoted_on_live_metrics(ml: Mlcycle, router_metrics,
     assert status["phase"] == "Available" and condition(status, "Ready")["status"] == "True"
     promoted = status["history"][-1]
     assert promoted["version"] == "v2" and promoted["outcome"] == "Promoted"
-    events = ml.events("churn")
+    events = ml.wait_event("churn", lambda e: e.startswith("Promoted"), "a Promoted Event")
     # Every step advanced only after an analysis run passed on measured values.
     assert any(e.startswith("StepAdvanced") for e in events), events
     assert any(e.startswith("Promoted") and "passed its analysis" in e for e in events), events
@@ -80,7 +80,7 @@ def test_failing_canary_is_rolled_back_within_interval_times_failure_limit(ml: M
     assert condition(status, "Degraded")["status"] == "True"
     rolled_back = status["history"][-1]
     assert rolled_back["version"] == "v2" and "error-rate" in rolled_back["reason"]
-    assert any("RolledBack" in e for e in ml.events("churn"))
+    ml.wait_event("churn", lambda e: "RolledBack" in e, "a RolledBack Event")
     # A rolled-back version is not retried while the spec still asks for it.
     time.sleep(INTERVAL_S * 2)
     again = ml.status("ModelDeployment", "churn")

@@ -62,7 +62,7 @@ def test_project_provisions_identity_feature_store_and_storage(ml: Mlcycle):
     assert pod.security_context.run_as_non_root and pod.containers[0].security_context.read_only_root_filesystem
     pvc = ml.core.read_namespaced_persistent_volume_claim("churn-models", ml.namespace)
     assert not pvc.metadata.owner_references, "the model store must outlive the project"
-    assert any("ChildrenApplied" in e for e in ml.events("churn"))
+    ml.wait_event("churn", lambda e: "ChildrenApplied" in e, "a ChildrenApplied Event")
 
 
 def test_training_job_runs_as_a_job_and_explains_a_silent_exit(ml: Mlcycle):
@@ -83,7 +83,7 @@ def test_training_job_runs_as_a_job_and_explains_a_silent_exit(ml: Mlcycle):
     assert status["workload"] == {"kind": "Job", "name": "churn-v1-train"}
     degraded = condition(status, "Degraded")
     assert degraded["status"] == "True" and "without reporting a result" in degraded["message"]
-    assert any(e.startswith("Failed:") for e in ml.events("churn-v1"))
+    ml.wait_event("churn-v1", lambda e: e.startswith("Failed:"), "a Failed Event")
 
 
 def test_training_job_spec_is_immutable(ml: Mlcycle):
@@ -177,7 +177,7 @@ def test_the_loop_in_resources(ml: Mlcycle):
     # A second drift report inside the cooldown starts nothing.
     time.sleep(1.1)
     ml.report("DriftMonitor", "churn", "report", drift_report(datetime.now(UTC).replace(microsecond=0)))
-    wait_for(lambda: any("RetrainingCoolingDown" in e for e in ml.events("churn")), what="a cooldown Event")
+    ml.wait_event("churn", lambda e: "RetrainingCoolingDown" in e, "a cooldown Event")
     assert len(ml.list("TrainingJob", "mlcycle.io/retrained-by=churn")) == 1
     assert ml.status("DriftMonitor", "churn")["retrainsToday"] == 1
 

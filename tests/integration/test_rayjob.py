@@ -194,7 +194,7 @@ def test_kuberay_progress_and_the_trainers_report_make_a_succeeded_job(rayml: Ml
     assert status["gatesPassed"] is True and condition(status, "GatesPassed")["status"] == "True"
     assert condition(status, "Progressing")["reason"] == "Finished" and condition(status, "Degraded") is None
     assert status["lineage"]["endTime"] and status["completionTime"]
-    assert any(e.startswith("Succeeded: model churn-classifier version v1") for e in ml.events(JOB))
+    ml.wait_event(JOB, lambda e: e.startswith("Succeeded: model churn-classifier version v1"), "a Succeeded Event")
 
     # The real garbage collector removes the RayJob with its owner (once it watches the new kind).
     ml.objects.delete_namespaced_custom_object("mlcycle.io", "v1alpha1", ml.namespace, "trainingjobs", JOB)
@@ -225,7 +225,7 @@ def test_a_failed_ray_job_fails_the_training_job_in_words(rayml: Mlcycle):
     assert "AppFailed" in degraded["message"] and "exit code 1" in degraded["message"]
     assert condition(status, "Progressing")["status"] == "False"
     assert status.get("model") is None and status["completionTime"]
-    assert any(e.startswith("Failed:") and "exit code 1" in e for e in ml.events(JOB))
+    ml.wait_event(JOB, lambda e: e.startswith("Failed:") and "exit code 1" in e, "a Failed Event naming the exit code")
 
 
 def test_a_ray_job_past_its_deadline_says_so(rayml: Mlcycle):

@@ -216,7 +216,8 @@ def test_recreate_removes_v1_before_creating_v2(ml: Mlcycle, router_metrics):
     promoted = history_of(status, "v2")
     assert [h["outcome"] for h in promoted] == ["Promoted"]
     assert "removed the servers of v1 before creating those of v2" in promoted[0]["reason"]
-    started = [e for e in ml.events("churn") if e.startswith("RolloutStarted")]
+    events = ml.wait_event("churn", lambda e: e.startswith("RolloutStarted"), "a RolloutStarted Event")
+    started = [e for e in events if e.startswith("RolloutStarted")]
     assert started and "removing the servers of v1 before those of v2 are created" in started[0], started
 
 
