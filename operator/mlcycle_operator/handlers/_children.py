@@ -19,11 +19,13 @@ def first_reconcile(body: kopf.Body) -> bool:
     return not (body.get("status") or {}).get("observedGeneration")
 
 
-def apply_owned(body: kopf.Body, children: list[dict[str, Any]], cache: Cache, *, owned: bool = True) -> list[str]:
+def apply_owned(body: kopf.Body, children: list[dict[str, Any]], cache: Cache, *, owned: bool = True,
+                unannounced: frozenset[str] = frozenset()) -> list[str]:
     """Apply each child with an owner reference to `body` (so the garbage collector removes it with its owner),
-    comparing with what the cache last saw of it; return 'Created Kind/name' lines for what changed. A child the
-    cache does not keep is read first, except on the object's first reconcile: then it is created without a read
-    (a 409 falls back to one), which halves the requests when a thousand objects arrive at once."""
+    comparing with what the cache last saw of it; return 'Created Kind/name' lines for what changed, and post them
+    as one Event, less updates of the `unannounced` 'Kind/name's (an Event of the caller's says why they changed).
+    A child the cache does not keep is read first, except on the object's first reconcile: then it is created
+    without a read (a 409 falls back to one), which halves the requests when a thousand objects arrive at once."""
     changes = []
     fresh = first_reconcile(body)
     for child in children:
@@ -38,8 +40,9 @@ def apply_owned(body: kopf.Body, children: list[dict[str, Any]], cache: Cache, *
             CHILD_WRITES.labels(child["kind"], action.value).inc()
             changes.append(f"{'Created' if action is Action.CREATE else 'Updated'} "
                            f"{child['kind']}/{meta['name']}")
-    if changes:
-        _events.normal(body, "ChildrenApplied", "; ".join(changes))
+    announced = [c for c in changes if not (c.startswith("Updated ") and c.split(" ", 1)[1] in unannounced)]
+    if announced:
+        _events.normal(body, "ChildrenApplied", "; ".join(announced))
     return changes
 
 

@@ -214,7 +214,9 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         ]
         if md.service_monitor and kube.resource_served("monitoring.coreos.com/v1", "servicemonitors"):
             children.append(builders.service_monitor(md, meta))
-        _children.apply_owned(body, children, cache)
+        # The routing table changes with the decision, whose own Event says so: no second Event for its ConfigMap.
+        router_table = frozenset({f"ConfigMap/{builders.router_name(meta.name)}"} if decision.event_type else ())
+        _children.apply_owned(body, children, cache, unannounced=router_table)
         retiring = sorted(existing - set(serve))
         if retiring and _drained(md, current, decision, now):  # remove the servers of versions that left
             retiring = []
@@ -281,8 +283,15 @@ def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md:
             cond.WAITING_FOR_REPLICAS, f"waiting for replicas of {waiting_for}")
     conditions = cond.set_condition(conditions, cond.READY, serving_ok, reason, message, generation)
     progressing = decision.rollout is not None
-    conditions = cond.set_condition(conditions, cond.PROGRESSING, progressing, decision.reason,
-                                    decision.message, generation)
+    previous = cond.get_condition(conditions, cond.PROGRESSING)
+    if (decision.reason is rollout.Reason.STABLE_VERSION_SERVING and previous is not None
+            and previous.get("status") == "False" and previous.get("observedGeneration") == generation):
+        # At rest, the condition keeps the words of the transition that led here ("v2 passed its analysis ..."):
+        # replacing them with "v1 serves all traffic" said nothing new and cost every deployment a status write.
+        reason, message = previous["reason"], previous["message"]
+    else:
+        reason, message = decision.reason, decision.message
+    conditions = cond.set_condition(conditions, cond.PROGRESSING, progressing, reason, message, generation)
     degraded = decision.action is rollout.Action.ROLL_BACK or (
         cond.is_true(conditions, cond.DEGRADED) and decision.action in rollout.QUIET_ACTIONS and not progressing)
     conditions = cond.set_condition(conditions, cond.DEGRADED, degraded,
