@@ -6,6 +6,9 @@ import os
 from dataclasses import dataclass, field
 
 PREFIX = "MLCYCLE_"
+# Handlers are synchronous (the kubernetes client) and run in this many threads at once; the client keeps as
+# many connections, so that no thread opens a TLS connection of its own for each request.
+HANDLER_THREADS = 16
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,8 @@ class Config:
     log_level: str = "INFO"
     prometheus_timeout: float = 5.0
     peering: str = field(default="mlcycle")  # Kopf peering name, for running more than one replica
+    # Connections Kopf uses for requests at once, besides one per watch; 0: no limit (Kopf's default).
+    api_connections: int = 32
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -40,6 +45,7 @@ class Config:
                 log_level=(get("LOG_LEVEL", cls.log_level) or "INFO").upper(),
                 prometheus_timeout=float(get("PROMETHEUS_TIMEOUT", str(cls.prometheus_timeout))),
                 peering=get("PEERING", cls.peering),
+                api_connections=int(get("API_CONNECTIONS", str(cls.api_connections))),
             )
         except ValueError as err:
             raise SystemExit(f"invalid {PREFIX}* setting: {err}") from err

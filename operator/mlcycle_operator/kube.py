@@ -17,6 +17,7 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
+from .config import HANDLER_THREADS
 from .resources.compare import Action, action_for
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ PLURALS = {
 # "Not known here, ask the API server": what a cache answers for a kind it does not keep (None means absent).
 UNKNOWN: Any = object()
 
+USER_AGENT = "mlcycle-operator"
 _lock = threading.Lock()
 _client: client.ApiClient | None = None
 _discovery: dict[str, tuple[float, bool]] = {}
@@ -48,11 +50,17 @@ def api_client() -> client.ApiClient:
     global _client
     with _lock:
         if _client is None:
+            configuration = client.Configuration()
             try:
-                config.load_incluster_config()
-                _client = client.ApiClient()
+                config.load_incluster_config(client_configuration=configuration)
             except config.ConfigException:
-                _client = config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+                config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
+            # A connection per handler thread: with the default (5 per CPU), threads beyond it opened and
+            # dropped a TLS connection per request.
+            configuration.connection_pool_maxsize = HANDLER_THREADS
+            _client = client.ApiClient(configuration)
+            # Named in the API server's audit log and metrics (Kopf's own requests say "kopf/<version>").
+            _client.user_agent = USER_AGENT
         return _client
 
 

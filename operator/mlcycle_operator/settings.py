@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import random
+import warnings
 from typing import Any
 
+import aiohttp
 import kopf
 
-from .config import Config
-from .handlers._cache import CHILD_KINDS, MANAGED
+from .config import HANDLER_THREADS, Config
+from .handlers._cache import CHILD_KINDS, MANAGED, MEMBER_KINDS
 
 PREFIX = "mlcycle.io"
 
@@ -21,10 +23,28 @@ def diffbase_storage() -> kopf.AnnotationsDiffBaseStorage:
 
 
 @kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+async def login(**kwargs: Any) -> kopf.KubeContext | None:
     """In a pod: the ServiceAccount; elsewhere: $KUBECONFIG as it is when the operator starts (the client
-    library would read it once at import time)."""
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    library would read it once at import time).
+
+    Kopf's own session opens as many connections as it has requests in flight: with a thousand objects arriving
+    at once, that was dozens of TLS connections of about 300 KiB each (asyncio's 256 KiB read buffer, OpenSSL's
+    state), kept alive between bursts, which was most of the operator's memory growth per object. The same
+    session with a bounded pool queues requests instead; the API server is the bottleneck then anyway."""
+    info = kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    config = Config.from_env()
+    if info is None or config.api_connections == 0:
+        return info
+    # One connection per watch stream (each watched kind, in each namespace watched, and peering), never queued.
+    watches = (len(MEMBER_KINDS) + 1 + len(CHILD_KINDS)) * max(1, len(config.watch_namespaces)) + 1
+    with warnings.catch_warnings():  # as Kopf does: its own credentials' deprecation notice, not aiohttp's
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="kopf")
+        auth = info.as_aiohttp_basic_auth()
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=watches + config.api_connections, ssl=info.as_ssl_context()),
+        headers=info.as_http_headers(), auth=auth, proxy=info.proxy_url, trust_env=info.trust_env)
+    return kopf.AiohttpSession(aiohttp_session=session, server=info.server, priority=info.priority,
+                               default_namespace=info.default_namespace, expiration=info.expiration)
 
 
 @kopf.on.startup()
@@ -48,8 +68,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.
     # ConfigMaps, Services and Deployments never reach the operator.
     for group, version, plural in CHILD_KINDS.values():
         settings.watching.label_selectors[group, version, plural] = ",".join(f"{k}={v}" for k, v in MANAGED.items())
-    # Handlers are synchronous (the kubernetes client); they run in this many threads at once.
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = HANDLER_THREADS
     # Two replicas coordinate through Kopf peering when its CRDs exist; one replica does not need them.
     settings.peering.name = config.peering
     settings.peering.mandatory = False
