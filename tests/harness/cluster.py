@@ -106,6 +106,7 @@ class LocalCluster:
     nodes: int = 2
     gpu_nodes: int = 1
     max_pods: int = 110  # per fake node; benchmarks raise it so thousands of pods can be scheduled
+    apiserver_args: list[str] = field(default_factory=list)  # extra flags, e.g. an audit log for a benchmark
     processes: list[Process] = field(default_factory=list)
     ports: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
@@ -280,6 +281,7 @@ class LocalCluster:
             f"--cert-dir={self.directory / 'apiserver-certs'}",
             "--profiling=false",
             "--v=1",
+            *self.apiserver_args,
         ])
 
     def _start_controller_manager(self) -> None:
