@@ -187,6 +187,9 @@ def test_the_loop_in_resources(ml: Mlcycle):
                       and ml.status("ModelDeployment", "churn"), timeout=90, what="a canary of v2 at 10%")
     assert status["phase"] == "Progressing" and status["stableVersion"] == "v1"
     assert status["trafficSummary"] == "v1=90 v2=10"
+    # Told by the retraining once its Succeeded phase was stored, not found by the minute-long resync.
+    annotations = ml.get("ModelDeployment", "churn")["metadata"].get("annotations") or {}
+    assert annotations.get("nudge.mlcycle.io/new-model") == f"{retrain_name}/v2", annotations
     wait_for(lambda: any(r["verdict"] == "Inconclusive" for r in
                          (ml.status("ModelDeployment", "churn").get("rollout") or {}).get("analysisRuns", [])),
              timeout=60, what="an inconclusive analysis run (no Prometheus)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import kopf
@@ -121,13 +122,28 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, cache: Cac
             (_events.normal if type_ == "Normal" else _events.warning)(body, reason, message)
 
 
-@kopf.on.field(GROUP, VERSION, PLURAL, field="status.phase")
-def trainingjob_finished(body: kopf.Body, new: Any, **kwargs: Any) -> None:
-    """A gated model exists now: tell the deployments that track it. Here, once the phase is stored, and not
-    where the phase is decided: a deployment nudged before the patch lands would still read the job as running."""
-    status = body.get("status") or {}
-    if new == "Succeeded" and status.get("gatesPassed"):
-        _nudge_tracking_deployments(body, status, Cache(kwargs))
+# TrainingJobs (uids) whose gated model the tracking deployments were told about.
+_announced: set[str] = set()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def trainingjob_finished(body: kopf.Body, event: kopf.RawEvent, **kwargs: Any) -> None:
+    """A gated model exists now: tell the deployments that track it. Here, once the phase is stored (the cache
+    is updated before this runs), and not where the phase is decided: a deployment nudged before the patch lands
+    would still read the job as running.
+
+    A watching handler, not Kopf's on.field: that kept status.phase in the last-handled state, a write after
+    every phase change of every job. A coroutine: only a nudge goes to a thread."""
+    uid, status = body["metadata"]["uid"], body.get("status") or {}
+    if event.get("type") == "DELETED":
+        _announced.discard(uid)
+        return
+    if status.get("phase") != "Succeeded" or not status.get("gatesPassed") or uid in _announced:
+        return
+    _announced.add(uid)
+    # The initial listing (type None) only learns the state: a starting operator reconciles every deployment.
+    if event.get("type") is not None:
+        await asyncio.to_thread(_nudge_tracking_deployments, body, status, Cache(kwargs))
 
 
 def _nudge_tracking_deployments(body: kopf.Body, status: dict[str, Any], cache: Cache) -> None:
