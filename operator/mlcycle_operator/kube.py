@@ -55,9 +55,10 @@ def api_client() -> client.ApiClient:
                 config.load_incluster_config(client_configuration=configuration)
             except config.ConfigException:
                 config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration)
-            # A connection per handler thread: with the default (5 per CPU), threads beyond it opened and
-            # dropped a TLS connection per request.
-            configuration.connection_pool_maxsize = HANDLER_THREADS
+            # A connection per thread that calls: Kopf's handler threads and asyncio's default executor (the
+            # nudges). With the default (5 per CPU), threads beyond it opened and dropped a TLS connection per
+            # request.
+            configuration.connection_pool_maxsize = HANDLER_THREADS + min(32, (os.cpu_count() or 1) + 4)
             _client = client.ApiClient(configuration)
             # Named in the API server's audit log and metrics (Kopf's own requests say "kopf/<version>").
             _client.user_agent = USER_AGENT
@@ -108,6 +109,19 @@ def list_objects(api_version: str, kind: str, namespace: str | None,
     return _call("GET", path(api_version, kind, namespace), query=query).get("items", [])
 
 
+# Every create and apply asks the API server to refuse a field its schema lacks, instead of dropping it in silence:
+# an older CRD (KubeRay's RayJob, the Prometheus Operator's kinds) would otherwise lose a deadline or a setting.
+STRICT = ("fieldValidation", "Strict")
+
+
+def refusal(err: ApiException) -> str:
+    """The API server's own words for a refused request (its Status message), else the HTTP reason."""
+    try:
+        return json.loads(err.body).get("message") or str(err.reason)
+    except (TypeError, ValueError, AttributeError):
+        return str(err.reason)
+
+
 def apply(manifest: dict[str, Any], existing: dict[str, Any] | Any | None = UNKNOWN) -> Action:
     """Create or update one object; returns what was done. `existing` is the object as a cache last saw it
     (None: absent), so that a reconcile that changes nothing sends nothing; UNKNOWN reads it first."""
@@ -118,7 +132,7 @@ def apply(manifest: dict[str, Any], existing: dict[str, Any] | Any | None = UNKN
     action = action_for(manifest, existing)
     if action is Action.CREATE:
         try:
-            _call("POST", path(api_version, kind, namespace), body=manifest)
+            _call("POST", path(api_version, kind, namespace), body=manifest, query=[STRICT])
         except ApiException as err:
             if err.status != 409:
                 raise
@@ -128,14 +142,15 @@ def apply(manifest: dict[str, Any], existing: dict[str, Any] | Any | None = UNKN
                 raise
     if action is Action.UPDATE:
         _call("PATCH", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace"), meta["name"]),
-              body=manifest, query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+              body=manifest, query=[("fieldManager", FIELD_MANAGER), ("force", "true"), STRICT],
               content_type="application/apply-patch+yaml")
     return action
 
 
 def create(manifest: dict[str, Any]) -> dict[str, Any]:
     meta = manifest["metadata"]
-    return _call("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), body=manifest)
+    return _call("POST", path(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), body=manifest,
+                 query=[STRICT])
 
 
 def delete(api_version: str, kind: str, namespace: str | None, name: str) -> bool:

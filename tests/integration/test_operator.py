@@ -211,3 +211,24 @@ def test_deleting_a_deployment_collects_its_children(ml: Mlcycle):
         return not names & {"churn-v-v7", "churn-router"} and not services & {"churn", "churn-v-v7"}
 
     wait_for(gone, what="the garbage collector to remove the deployment's children")
+
+
+def test_a_field_the_schema_lacks_is_refused_not_dropped(ml: Mlcycle):
+    """The operator's creates and applies ask for strict field validation: a field the API server's schema lacks
+    is an error naming it, and nothing is created without it."""
+    from mlcycle_operator import kube
+
+    manifest = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "strict", "namespace": ml.namespace},
+                "data": {"a": "b"}, "dat": {"c": "d"}}
+    with pytest.raises(client.ApiException) as refused:
+        kube.apply(manifest, None)
+    assert refused.value.status in (400, 422) and 'unknown field "dat"' in kube.refusal(refused.value)
+    assert read_or_none(ml.core.read_namespaced_config_map, "strict", ml.namespace) is None
+    del manifest["dat"]
+    kube.apply(manifest, None)
+    manifest["data"]["e"], manifest["extra"] = "f", True
+    with pytest.raises(client.ApiException) as refused:
+        kube.apply(manifest, kube.get("v1", "ConfigMap", ml.namespace, "strict"))
+    # Server-side apply words it its own way (and answers it as an internal error, a Kubernetes quirk).
+    assert ".extra: field not declared in schema" in kube.refusal(refused.value), kube.refusal(refused.value)
+    assert ml.core.read_namespaced_config_map("strict", ml.namespace).data == {"a": "b"}

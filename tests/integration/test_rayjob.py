@@ -8,6 +8,7 @@ report into the TrainingJob's status.result as the runtime contract says."""
 from __future__ import annotations
 
 import copy
+import json
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -236,3 +237,47 @@ def test_a_ray_job_past_its_deadline_says_so(rayml: Mlcycle):
     status = wait_for(lambda: phase_is(ml, "Failed"), what="phase Failed")
     degraded = condition(status, "Degraded")
     assert degraded["reason"] == "DeadlineExceeded" and "spec.activeDeadline" in degraded["message"]
+
+
+def _deadline_accepted(ml: Mlcycle) -> bool:
+    """Whether the served RayJob schema holds spec.activeDeadlineSeconds (a strict dry run)."""
+    probe = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"name": "probe"},
+             "spec": {"entrypoint": "true", "activeDeadlineSeconds": 60}}
+    try:
+        ml.objects.create_namespaced_custom_object(*RAY, ml.namespace, "rayjobs", probe, dry_run="All",
+                                                   field_validation="Strict")
+        return True
+    except client.ApiException as err:
+        if err.status not in (400, 422):
+            raise
+        return False
+
+
+def test_a_rayjob_the_installed_crd_cannot_hold_fails_the_job_in_words(rayml: Mlcycle, api_client):
+    """An older KubeRay whose RayJob schema lacks a field the operator sets (here activeDeadlineSeconds): the API
+    server refuses the RayJob and the TrainingJob fails naming the field, instead of training with its deadline
+    silently dropped."""
+    ml = rayml
+    ext = client.ApiextensionsV1Api(api_client)
+    crd = json.loads(ext.read_custom_resource_definition(CRD_NAME, _preload_content=False).data)
+    index = next(i for i, v in enumerate(crd["spec"]["versions"]) if v["name"] == "v1")
+    pointer = f"/spec/versions/{index}/schema/openAPIV3Schema/properties/spec/properties/activeDeadlineSeconds"
+    original = crd["spec"]["versions"][index]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "activeDeadlineSeconds"]
+    ext.patch_custom_resource_definition(CRD_NAME, [{"op": "remove", "path": pointer}], _preload_content=False)
+    try:
+        wait_for(lambda: not _deadline_accepted(ml), timeout=30, what="the RayJob schema without the deadline")
+        ml.create(EXAMPLES["MLProject"])
+        ml.create(EXAMPLES["TrainingJob"])
+        status = wait_for(lambda: phase_is(ml, "Failed"), what="phase Failed")
+        degraded = condition(status, "Degraded")
+        assert degraded["status"] == "True" and degraded["reason"] == "WorkloadRefused", degraded
+        assert f"RayJob {RAYJOB}" in degraded["message"] and "activeDeadlineSeconds" in degraded["message"]
+        assert condition(status, "Progressing")["status"] == "False" and status["completionTime"]
+        assert get_rayjob(ml) is None, "nothing may run without the deadline it was given"
+        ml.wait_event(JOB, lambda e: e.startswith("WorkloadRefused:") and "activeDeadlineSeconds" in e,
+                      "a WorkloadRefused Event naming the field")
+    finally:
+        ext.patch_custom_resource_definition(CRD_NAME, [{"op": "add", "path": pointer, "value": original}],
+                                             _preload_content=False)
+        wait_for(lambda: _deadline_accepted(ml), timeout=30, what="the RayJob schema restored")

@@ -50,8 +50,14 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
         kind = "RayJob" if _kuberay_installed() else "Job"
         build = builders.ray_job if kind == "RayJob" else builders.batch_job
         workload = build(job, meta, project_spec, image)
-        _children.apply_owned(body, [builders.config_map(job, meta, config), workload], cache)
         now = cond.now().isoformat().replace("+00:00", "Z")
+        try:
+            _children.apply_owned(body, [builders.config_map(job, meta, config), workload], cache)
+        except kube.ApiException as err:
+            if err.status not in (400, 422):  # the API server is unwell or busy: Kopf tries again
+                raise
+            _refused(body, patch, status, meta, f"{kind} {workload['metadata']['name']}", err, now)
+            return
         conditions = cond.set_condition(
             list(old.get("conditions", [])), cond.PROGRESSING, True, cond.WORKLOAD_CREATED,
             f"{kind} {workload['metadata']['name']} runs `python -m mlcycle_runtime.train`", meta.generation)
@@ -64,6 +70,20 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
             "lineage": {**(old.get("lineage") or {}), "image": image, "startTime": old.get("startTime") or now},
         }
         _status.write(patch, status, new)
+
+
+def _refused(body: kopf.Body, patch: kopf.Patch, status: kopf.Status, meta: Meta, what: str, err: Exception,
+             now: str) -> None:
+    """The API server refused the workload (a field the installed CRD lacks, an invalid value): the job cannot
+    start as specified, so it fails at once, in the API server's words, instead of being retried forever."""
+    message = f"the API server refused the {what}: {kube.refusal(err)}"
+    old = dict(status or {})
+    conditions = cond.set_condition(list(old.get("conditions", [])), cond.PROGRESSING, False, cond.WORKLOAD_REFUSED,
+                                    message, meta.generation)
+    conditions = cond.set_condition(conditions, cond.DEGRADED, True, cond.WORKLOAD_REFUSED, message, meta.generation)
+    _status.write(patch, status, {"observedGeneration": meta.generation, "phase": "Failed", "conditions": conditions,
+                                  "completionTime": now})
+    _events.warning(body, cond.WORKLOAD_REFUSED, message)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=2,
