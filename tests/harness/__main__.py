@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import binaries, kuberay
+from . import binaries, kuberay, prometheus_operator
 from .cluster import ClusterError, LocalCluster, is_running
 
 DEFAULT_DIR = Path(os.environ.get("MLCYCLE_CLUSTER_DIR", "/tmp/mlcycle-cluster"))
@@ -42,7 +42,8 @@ def _down(directory: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.harness", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("build", help="build (or find in the cache) the control-plane binaries and KubeRay's RayJob CRD")
+    sub.add_parser("build", help="build (or find in the cache) the control-plane binaries, KubeRay's RayJob CRD "
+                                 "and the Prometheus Operator's ServiceMonitor and PrometheusRule CRDs")
     up = sub.add_parser("up", help="start the control plane in the background")
     up.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     up.add_argument("--nodes", type=int, default=2, help="KWOK CPU nodes")
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
     args = parser.parse_args(argv)
     if args.command == "build":
-        return binaries.main() or kuberay.main()
+        return binaries.main() or kuberay.main() or prometheus_operator.main()
     if args.command == "up":
         return _up(args.dir, args.nodes, args.gpu_nodes)
     return _down(args.dir)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,3 +88,58 @@ def read_or_none(reader, name: str, namespace: str):
         if err.status == 404:
             return None
         raise
+
+
+def served(api_client, group_version: str, plural: str) -> bool:
+    """Whether the API server serves `plural` in `group_version` now (discovery)."""
+    group, version = group_version.split("/")
+    try:
+        resources = client.CustomObjectsApi(api_client).get_api_resources(group, version).resources
+    except client.ApiException as err:
+        if err.status == 404:
+            return False
+        raise
+    return any(r.name == plural for r in resources)
+
+
+@contextmanager
+def crds_served(api_client, paths: list[Path], group_version: str) -> Iterator[None]:
+    """Other projects' CRDs, served while the block runs and removed afterwards, so that other modules meet a
+    cluster without them. The operator runs in this process (KopfRunner): its discovery answers, cached up to
+    kube.DISCOVERY_TTL, are dropped when the CRDs come and go."""
+    from mlcycle_operator import kube
+
+    ext = client.ApiextensionsV1Api(api_client)
+    crds = [yaml.safe_load(path.read_text()) for path in paths]
+    for crd in crds:
+        # Large schemas (KubeRay's is 1.3 MB): sent and read raw, the client's model classes take seconds.
+        try:
+            ext.create_custom_resource_definition(crd, _preload_content=False)
+        except client.ApiException as err:
+            if err.status != 409:  # left by an interrupted run on a reused cluster: the same CRD, use it
+                raise
+    plurals = [crd["spec"]["names"]["plural"] for crd in crds]
+    wait_for(lambda: all(served(api_client, group_version, p) for p in plurals), timeout=30,
+             what=f"the API server to serve {group_version} {', '.join(plurals)}")
+    kube.forget_discovery()
+    try:
+        yield
+    finally:
+        for crd in crds:
+            ext.delete_custom_resource_definition(crd["metadata"]["name"], _preload_content=False)
+        wait_for(lambda: not any(served(api_client, group_version, p) for p in plurals), timeout=60,
+                 what=f"{group_version} {', '.join(plurals)} to be gone")
+        kube.forget_discovery()
+
+
+def missing(built: Any, stored: Any, path: str = "spec") -> list[str]:
+    """Paths the builder set that the API server did not keep (a schema that prunes unknown fields)."""
+    if isinstance(built, dict):
+        if not isinstance(stored, dict):
+            return [path]
+        return [p for k, v in built.items() for p in missing(v, stored.get(k), f"{path}.{k}")]
+    if isinstance(built, list):
+        if not isinstance(stored, list) or len(stored) != len(built):
+            return [path]
+        return [p for i, (b, s) in enumerate(zip(built, stored, strict=True)) for p in missing(b, s, f"{path}[{i}]")]
+    return [] if built == stored else [path]

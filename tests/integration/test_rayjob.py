@@ -14,10 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import yaml
 from kubernetes import client
 
-from mlcycle_operator import kube
 from mlcycle_operator.api.mlproject import MLProjectSpec
 from mlcycle_operator.api.trainingjob import TrainingJobSpec
 from mlcycle_operator.resources import training
@@ -25,29 +23,13 @@ from mlcycle_operator.resources.common import Meta
 from tests.harness import kuberay
 from tests.harness.binaries import BuildError
 from tests.harness.pytest_support import unavailable
-from tests.integration.helpers import EXAMPLES, Mlcycle, condition, wait_for
+from tests.integration.helpers import EXAMPLES, Mlcycle, condition, crds_served, missing, wait_for
 
 pytestmark = pytest.mark.integration
 
 RAY = ("ray.io", "v1")
 CRD_NAME = "rayjobs.ray.io"
 JOB, RAYJOB = "churn-v1", "churn-v1-train"
-
-
-def _rayjobs_served(api_client) -> bool:
-    try:
-        resources = client.CustomObjectsApi(api_client).get_api_resources(*RAY).resources
-    except client.ApiException as err:
-        if err.status == 404:
-            return False
-        raise
-    return any(r.name == "rayjobs" for r in resources)
-
-
-def _forget_discovery() -> None:
-    """The operator runs in this process (KopfRunner): make it ask discovery again now instead of trusting an
-    answer cached up to kube.DISCOVERY_TTL ago, before or after KubeRay's CRD came and went."""
-    kube.forget_discovery()
 
 
 @pytest.fixture(scope="module")
@@ -58,19 +40,8 @@ def kuberay_crd(api_client, operator):
         path = kuberay.crd_path()
     except BuildError as err:
         unavailable("KubeRay's RayJob CRD", str(err))
-    ext = client.ApiextensionsV1Api(api_client)
-    # 1.3 MB of schema: sent and read raw, the client's model classes would take seconds to parse it.
-    try:
-        ext.create_custom_resource_definition(yaml.safe_load(path.read_text()), _preload_content=False)
-    except client.ApiException as err:
-        if err.status != 409:  # left by an interrupted run on a reused cluster: the same CRD, use it
-            raise
-    wait_for(lambda: _rayjobs_served(api_client), timeout=30, what="the API server to serve ray.io/v1 rayjobs")
-    _forget_discovery()
-    yield path
-    ext.delete_custom_resource_definition(CRD_NAME, _preload_content=False)
-    wait_for(lambda: not _rayjobs_served(api_client), timeout=60, what="ray.io/v1 rayjobs to be gone")
-    _forget_discovery()
+    with crds_served(api_client, [path], "ray.io/v1"):
+        yield path
 
 
 @pytest.fixture
@@ -109,19 +80,6 @@ def start(ml: Mlcycle) -> dict[str, Any]:
 def phase_is(ml: Mlcycle, phase: str):
     status = ml.status("TrainingJob", JOB)
     return status.get("phase") == phase and status
-
-
-def missing(built: Any, stored: Any, path: str = "spec") -> list[str]:
-    """Paths the builder set that the API server did not keep (a schema that prunes unknown fields)."""
-    if isinstance(built, dict):
-        if not isinstance(stored, dict):
-            return [path]
-        return [p for k, v in built.items() for p in missing(v, stored.get(k), f"{path}.{k}")]
-    if isinstance(built, list):
-        if not isinstance(stored, list) or len(stored) != len(built):
-            return [path]
-        return [p for i, (b, s) in enumerate(zip(built, stored, strict=True)) for p in missing(b, s, f"{path}[{i}]")]
-    return [] if built == stored else [path]
 
 
 def test_a_training_job_becomes_a_ray_job_that_kuberays_schema_accepts(rayml: Mlcycle):
