@@ -160,10 +160,10 @@ async def trainingjob_finished(body: kopf.Body, event: kopf.RawEvent, **kwargs: 
         return
     if status.get("phase") != "Succeeded" or not status.get("gatesPassed") or uid in _announced:
         return
-    _announced.add(uid)
     # The initial listing (type None) only learns the state: a starting operator reconciles every deployment.
     if event.get("type") is not None:
         await asyncio.to_thread(_nudge_tracking_deployments, body, status, Cache(kwargs))
+    _announced.add(uid)  # after the nudges: if one fails, the job's next event tries again (the resync also looks)
 
 
 def _nudge_tracking_deployments(body: kopf.Body, status: dict[str, Any], cache: Cache) -> None:
