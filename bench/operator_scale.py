@@ -324,7 +324,7 @@ def main() -> int:
         client.CustomObjectsApi(api).create_namespaced_custom_object("mlcycle.io", "v1alpha1", NAMESPACE,
                                                                      "mlprojects", PROJECT)
         report(steady(api, seen, args.steady, gap=0.5))
-        if writes:
+        if writes:  # the project's and the one-at-a-time deployments' writes: read past them, not counted
             writes.phase("setup", 1)
         report(run_kind(api, seen, "ModelDeployment", args.count, md_children, model_deployment, args.timeout))
         if writes:

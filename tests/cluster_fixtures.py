@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.integration.helpers import Mlcycle
+from tests.integration.helpers import Mlcycle, bind_models_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -102,14 +102,7 @@ def ml(api_client, namespace, operator) -> Iterator[Mlcycle]:
     test cluster has no provisioner, so a PersistentVolume is bound to the claim in advance (by the real
     PV controller), as an administrator would."""
     core = client.CoreV1Api(api_client)
-    pv = f"models-{namespace}"[:63]
-    core.create_persistent_volume(client.V1PersistentVolume(
-        metadata=client.V1ObjectMeta(name=pv),
-        spec=client.V1PersistentVolumeSpec(
-            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"],
-            host_path=client.V1HostPathVolumeSource(path=f"/tmp/{pv}"),
-            persistent_volume_reclaim_policy="Retain",
-            claim_ref=client.V1ObjectReference(namespace=namespace, name="churn-models"))))
+    pv = bind_models_volume(core, namespace)
     yield Mlcycle(api_client, namespace)
     core.delete_persistent_volume(pv)
 

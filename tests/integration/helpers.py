@@ -143,3 +143,18 @@ def missing(built: Any, stored: Any, path: str = "spec") -> list[str]:
             return [path]
         return [p for i, (b, s) in enumerate(zip(built, stored, strict=True)) for p in missing(b, s, f"{path}[{i}]")]
     return [] if built == stored else [path]
+
+
+def bind_models_volume(core: client.CoreV1Api, namespace: str) -> str:
+    """A PersistentVolume bound in advance to the example project's pvc://churn-models claim in `namespace`: the
+    test clusters have no provisioner, so the real PV controller binds it, as for an administrator's volume.
+    Returns its name (the caller deletes it: volumes are cluster-wide)."""
+    pv = f"models-{namespace}"[:63]
+    core.create_persistent_volume(client.V1PersistentVolume(
+        metadata=client.V1ObjectMeta(name=pv),
+        spec=client.V1PersistentVolumeSpec(
+            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"],
+            host_path=client.V1HostPathVolumeSource(path=f"/tmp/{pv}"),
+            persistent_volume_reclaim_policy="Retain",
+            claim_ref=client.V1ObjectReference(namespace=namespace, name="churn-models"))))
+    return pv

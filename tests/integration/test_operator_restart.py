@@ -27,7 +27,7 @@ from tests.harness import binaries
 from tests.harness.cluster import LocalCluster
 from tests.harness.operator_process import start_operator, stop_operator
 from tests.harness.pytest_support import unavailable
-from tests.integration.helpers import EXAMPLES, ROOT, Mlcycle, wait_for
+from tests.integration.helpers import EXAMPLES, ROOT, Mlcycle, bind_models_volume, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -122,21 +122,15 @@ def operators(own_cluster, own_prometheus) -> Iterator[Operators]:
 
 @pytest.fixture
 def md_ns(own_cluster) -> Iterator[Mlcycle]:
-    """A namespace with a volume bound in advance to the example project's claim, as in tests/cluster_fixtures.py."""
+    """A namespace with a volume bound in advance to the example project's claim."""
     api = config.new_client_from_config(str(own_cluster.kubeconfig_path))
     core = client.CoreV1Api(api)
     namespace = f"restart-{int(time.time() * 1000) % 10**8}"
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    core.create_persistent_volume(client.V1PersistentVolume(
-        metadata=client.V1ObjectMeta(name=f"models-{namespace}"),
-        spec=client.V1PersistentVolumeSpec(
-            capacity={"storage": "10Gi"}, access_modes=["ReadWriteMany"],
-            host_path=client.V1HostPathVolumeSource(path=f"/tmp/models-{namespace}"),
-            persistent_volume_reclaim_policy="Retain",
-            claim_ref=client.V1ObjectReference(namespace=namespace, name="churn-models"))))
+    pv = bind_models_volume(core, namespace)
     yield Mlcycle(api, namespace)
     core.delete_namespace(namespace)
-    core.delete_persistent_volume(f"models-{namespace}")
+    core.delete_persistent_volume(pv)
     api.close()
 
 
