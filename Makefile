@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 HARNESS := $(PYTHON) -m tests.harness
 
-.PHONY: help setup system-deps binaries cluster-up cluster-down crds check-generated lint test test-unit test-integration test-e2e demo clean
+.PHONY: help setup system-deps binaries cluster-up cluster-down images kind-up kind-down crds check-generated lint test test-unit test-integration test-e2e test-cluster demo clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -40,6 +40,15 @@ cluster-up: binaries ## start the local control plane in the background and prin
 cluster-down: ## stop every process cluster-up (or demo) started
 	$(HARNESS) down
 
+images: setup system-deps binaries ## kind's node image (from Go modules) and the two project images, nothing pulled
+	$(BIN)/python -m tests.harness images
+
+kind-up: images ## a kind cluster from kind-config.yaml, its node image built here (prints KUBECONFIG)
+	$(BIN)/python -m tests.harness kind-up
+
+kind-down: setup ## delete the cluster kind-up made
+	$(BIN)/python -m tests.harness kind-down
+
 CRD_DIRS := crds charts/mlcycle/crds
 
 crds: setup ## regenerate the CRDs from the operator's API models
@@ -61,7 +70,10 @@ test-integration: setup system-deps binaries ## integration tests against the lo
 test-e2e: setup system-deps binaries ## end-to-end tests
 	$(BIN)/pytest tests/e2e $(PYTEST_ARGS)
 
-test: setup system-deps binaries lint ## everything CI runs: lint, then unit, integration and e2e tests
+test-cluster: images ## the cluster tier: real containers on a kind cluster built here
+	$(BIN)/pytest tests/cluster $(PYTEST_ARGS)
+
+test: setup system-deps lint binaries images ## everything CI runs: lint, then unit, cluster, integration and e2e tests
 	$(BIN)/pytest tests $(PYTEST_ARGS)
 
 demo: setup system-deps binaries ## the main job: the churn example's closed loop on a local control plane

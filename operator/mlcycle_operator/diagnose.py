@@ -1,5 +1,6 @@
-"""Turn what the cluster shows about a training workload, and what the trainer reported, into a TrainingJob
-status in words. Pure: the handler fetches; this decides."""
+"""Turn what the cluster shows about a workload, and what the trainer reported, into status in words: a
+TrainingJob's phase and conditions, and what keeps a ModelDeployment's servers from running. Pure: the handler
+fetches; this decides."""
 
 from __future__ import annotations
 
@@ -30,8 +31,13 @@ class TrainingObservation:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (type Normal|Warning, reason, message)
 
 
-def pod_problems(pods: list[dict[str, Any]]) -> list[Problem]:
-    """Image pull failures, unschedulable pods and OOM kills, in words."""
+TRAINING_MEMORY_HINT = "raise distribution.memoryPerWorker"
+# The reasons pod_problems gives: a condition with one of them lasts only as long as the pods show it.
+POD_REASONS = (cond.IMAGE_PULL, cond.UNSCHEDULABLE, cond.OOM_KILLED)
+
+
+def pod_problems(pods: list[dict[str, Any]], memory_hint: str = TRAINING_MEMORY_HINT) -> list[Problem]:
+    """Image pull failures, unschedulable pods and OOM kills, in words (`memory_hint`: the field to raise)."""
     problems: list[Problem] = []
     for pod in pods:
         name = pod["metadata"]["name"]
@@ -47,8 +53,12 @@ def pod_problems(pods: list[dict[str, Any]]) -> list[Problem]:
                                         f"{waiting.get('message') or waiting['reason']}", False))
             for state in ((cs.get("state") or {}).get("terminated"), (cs.get("lastState") or {}).get("terminated")):
                 if state and state.get("reason") == "OOMKilled":
+                    limit = next((c.get("resources", {}).get("limits", {}).get("memory")
+                                  for c in (pod.get("spec") or {}).get("containers") or []
+                                  if c.get("name") == cs.get("name")), None)
                     problems.append(Problem(cond.OOM_KILLED, f"container {cs.get('name')} of pod {name} ran out of "
-                                            "memory (OOMKilled): raise distribution.memoryPerWorker", True))
+                                            f"memory (OOMKilled at its limit of {limit or 'no limit'}): "
+                                            f"{memory_hint}", True))
                     break
     return problems
 

@@ -50,7 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--gpu-nodes", type=int, default=1, help="KWOK nodes with nvidia.com/gpu capacity")
     down = sub.add_parser("down", help="stop every process `up` started")
     down.add_argument("--dir", type=Path, default=DEFAULT_DIR)
+    sub.add_parser("images", help="build every image the cluster tier runs: kind's node image (its binaries from "
+                                  "Go modules) and the operator and runtime images from their Dockerfiles, on "
+                                  "bases made here from Debian's packages (nothing pulled)")
+    for verb, what in (("kind-up", "create a kind cluster from kind-config.yaml with a node image built here"),
+                       ("kind-down", "delete that kind cluster")):
+        cmd = sub.add_parser(verb, help=what)
+        cmd.add_argument("--name", default="mlcycle")
     args = parser.parse_args(argv)
+    # These need the project's venv (PyYAML); build/up/down run on any python3.
+    if args.command in ("images", "kind-up", "kind-down"):
+        from . import kind
+
+        return kind.main([args.command.removeprefix("kind-"), getattr(args, "name", "")])
     if args.command == "build":
         return binaries.main() or kuberay.main() or prometheus_operator.main()
     if args.command == "up":

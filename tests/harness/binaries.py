@@ -49,10 +49,15 @@ class Component:
     ldflags: list[str] = field(default_factory=list)
     # Files copied out of a dependency's module directory next to the binaries (module, relative paths).
     module_files: tuple[str, tuple[str, ...]] | None = None
+    # The consumer module under go/, when several components build from one (default: the name).
+    module: str = ""
+    tags: tuple[str, ...] = ()
+    # Static binaries for images with no C library of their own (FROM scratch) or an older one.
+    static: bool = False
 
     @property
     def module_dir(self) -> Path:
-        return GO_DIR / self.name
+        return GO_DIR / (self.module or self.name)
 
 
 COMPONENTS: dict[str, Component] = {
@@ -100,6 +105,64 @@ COMPONENTS: dict[str, Component] = {
     ),
 }
 
+# What the cluster tier's kind node image and its preloaded images are made of (tests/harness/kind.py). Built
+# only by that tier: the control plane above is all the integration tier needs.
+NODE_COMPONENTS: dict[str, Component] = {
+    "kind": Component(name="kind", version="v0.33.0", commands={"kind": "sigs.k8s.io/kind"}),
+    "containerd": Component(
+        name="containerd",
+        version="v2.4.2",
+        commands={
+            "containerd": "github.com/containerd/containerd/v2/cmd/containerd",
+            "ctr": "github.com/containerd/containerd/v2/cmd/ctr",
+            "containerd-shim-runc-v2": "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2",
+        },
+        ldflags=["-X github.com/containerd/containerd/v2/version.Version=v2.4.2"],
+        # As kind's base image builds it: no snapshotter kind never selects (btrfs would need its C headers).
+        tags=("no_aufs", "no_zfs", "no_btrfs", "no_devmapper"),
+    ),
+    "crictl": Component(
+        name="crictl",
+        version="v1.37.0",
+        commands={"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"},
+        ldflags=["-X sigs.k8s.io/cri-tools/pkg/version.Version=v1.37.0"],
+        static=True,
+    ),
+    "cni-plugins": Component(
+        name="cni-plugins",
+        version="v1.10.0",
+        commands={
+            name: f"github.com/containernetworking/plugins/plugins/{kind}/{name}"
+            for kind, name in (("main", "bridge"), ("main", "loopback"), ("main", "ptp"),
+                               ("ipam", "host-local"), ("meta", "portmap"))
+        },
+        static=True,
+    ),
+    "coredns": Component(
+        name="coredns", version="v1.15.0", commands={"coredns": "github.com/coredns/coredns"}, static=True
+    ),
+    "local-path-provisioner": Component(
+        name="local-path-provisioner",
+        version="v0.0.30",
+        commands={"local-path-provisioner": "github.com/rancher/local-path-provisioner"},
+        static=True,
+    ),
+    # Last: it reuses most of the control plane's Go build cache.
+    "kubernetes-node": Component(
+        name="kubernetes-node",
+        module="kubernetes",
+        version=KUBERNETES_VERSION,
+        commands={
+            "kubelet": "k8s.io/kubernetes/cmd/kubelet",
+            "kubeadm": "k8s.io/kubernetes/cmd/kubeadm",
+            "kube-proxy": "k8s.io/kubernetes/cmd/kube-proxy",
+        },
+        ldflags=_version_ldflags(
+            ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"], KUBERNETES_VERSION
+        ),
+    ),
+}
+
 KWOK_STAGES_FILE = "kwok-stages.yaml"
 
 
@@ -136,6 +199,7 @@ def install_dir(component: Component) -> Path:
         digest.update((component.module_dir / name).read_bytes())
     digest.update(_go_version().encode())
     digest.update(" ".join(component.ldflags).encode())
+    digest.update(f"{component.tags} static={component.static}".encode())
     return cache_root() / "bin" / f"{component.name}-{component.version}-{digest.hexdigest()[:10]}"
 
 
@@ -154,8 +218,13 @@ def ensure(component: Component, log=print) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{component.name}-", dir=target.parent))
     try:
         env = _go_env()
+        if component.static:
+            env["CGO_ENABLED"] = "0"
         ldflags = " ".join(["-s", "-w", *component.ldflags])
-        cmd = [_go(), "build", "-trimpath", f"-ldflags={ldflags}", "-o", f"{staging}/"]
+        cmd = [_go(), "build", "-trimpath", f"-ldflags={ldflags}"]
+        if component.tags:
+            cmd.append(f"-tags={','.join(component.tags)}")
+        cmd += ["-o", f"{staging}/"]
         packages = list(component.commands.values())
         if packages == ["."]:
             cmd[-1] = str(staging / next(iter(component.commands)))
@@ -181,10 +250,10 @@ def ensure(component: Component, log=print) -> Path:
     return target
 
 
-def ensure_all(log=print) -> dict[str, Path]:
+def ensure_all(log=print, components: dict[str, Component] = COMPONENTS) -> dict[str, Path]:
     """Build (or find in the cache) every component; return binary name -> path."""
     paths: dict[str, Path] = {}
-    for component in COMPONENTS.values():
+    for component in components.values():
         directory = ensure(component, log=log)
         for cmd in component.commands:
             paths[cmd] = directory / cmd

@@ -51,3 +51,46 @@ def test_a_new_generation_at_rest_says_what_serves():
     _, resynced = reconcile(older, T0 + timedelta(seconds=60))
     assert progressing(resynced)["reason"] == "StableVersionServing"
     assert progressing(resynced)["message"] == "v1 serves all traffic."
+
+
+def _pull_failure() -> list:
+    from mlcycle_operator import diagnose
+
+    pod = {"metadata": {"name": "churn-v1-abc"}, "spec": {"containers": [{"name": "server"}]},
+           "status": {"containerStatuses": [{"name": "server", "image": "registry.example/missing:1",
+                                             "state": {"waiting": {"reason": "ImagePullBackOff",
+                                                                   "message": "Back-off pulling image"}}}]}}
+    return diagnose.pod_problems([pod], memory_hint="raise serving.resources.memory")
+
+
+def test_servers_that_cannot_start_say_why_in_ready_and_degraded():
+    current = ModelDeploymentStatus.model_validate({"observedGeneration": 3, "conditions": []})
+    observation = rollout.Observation(now=T0, desired_version="v1", ready_versions=frozenset(),
+                                      existing_versions=frozenset({"v1"}), measurements=None)
+    decision = rollout.decide(SPEC, current, observation)
+    new = _status_from(decision, current, SPEC, META, {}, V1, 0, 2, True, _pull_failure())
+    conditions = {c["type"]: c for c in new["conditions"]}
+    assert new["phase"] == "Degraded"
+    for type_ in ("Ready", "Degraded"):
+        assert conditions[type_]["reason"] == "ImagePullFailed"
+        assert "registry.example/missing:1" in conditions[type_]["message"]
+        assert "churn-v1-abc" in conditions[type_]["message"]
+    assert conditions["Degraded"]["status"] == "True" and conditions["Ready"]["status"] == "False"
+
+    # The pods recover: the condition the pods set goes with them.
+    _, available = reconcile(new, T0 + timedelta(seconds=60))
+    conditions = {c["type"]: c for c in available["conditions"]}
+    assert available["phase"] == "Available"
+    assert conditions["Degraded"]["status"] == "False" and conditions["Ready"]["status"] == "True"
+
+
+def test_an_oom_killed_server_names_its_limit_and_the_field_to_raise():
+    from mlcycle_operator import diagnose
+
+    pod = {"metadata": {"name": "churn-v1-abc"},
+           "spec": {"containers": [{"name": "server", "resources": {"limits": {"memory": "256Mi"}}}]},
+           "status": {"containerStatuses": [{"name": "server", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                                             "lastState": {"terminated": {"reason": "OOMKilled"}}}]}}
+    [problem] = diagnose.pod_problems([pod], memory_hint="raise serving.resources.memory")
+    assert problem.reason == "OOMKilled"
+    assert "256Mi" in problem.message and "serving.resources.memory" in problem.message

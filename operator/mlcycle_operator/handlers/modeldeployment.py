@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from .. import analysis, kube, rollout
+from .. import analysis, diagnose, kube, rollout
 from .. import conditions as cond
 from ..api.common import API_VERSION, GROUP, VERSION
 from ..api.mlproject import MLProjectSpec
@@ -87,6 +87,16 @@ def _serving_state(body: kopf.Body, meta: Meta, cache: Cache) -> tuple[set[str],
         if any(c.get("type") == "Available" and c.get("status") == "True" for c in status.get("conditions") or []):
             ready.add(version)
     return existing, ready, ready_replicas, desired_replicas
+
+
+def _server_problems(meta: Meta, ready_replicas: int, desired_replicas: int) -> list[diagnose.Problem]:
+    """What keeps model servers from becoming ready (an image that cannot be pulled, no node that fits, OOM
+    kills), read from their pods only while a replica is missing."""
+    if ready_replicas >= desired_replicas:
+        return []
+    selector = ",".join(f"{k}={v}" for k, v in server_selector(meta).items())
+    return diagnose.pod_problems(kube.list_objects("v1", "Pod", meta.namespace, selector),
+                                 memory_hint="raise serving.resources.memory")
 
 
 def _analysis_settings(spec: ModelDeploymentSpec) -> Analysis | None:
@@ -226,12 +236,17 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
                                       ("policy/v1", "PodDisruptionBudget")):
                 _children.prune(body, cache, api_version, kind, meta.namespace, server_selector(meta), keep)
 
-        new = _status_from(decision, current, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions))
+        problems = _server_problems(meta, ready_replicas, desired_replicas)
+        new = _status_from(decision, current, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions),
+                           problems)
         new["retiring"] = retiring or None
         _status.write(patch, status, new)
         if decision.event_type is not None:
             (_events.warning if decision.event_type == "Warning" else _events.normal)(
                 body, decision.reason, decision.message)
+        if problems and (cond.get_condition(old.get("conditions"), cond.DEGRADED) or {}).get("reason") \
+                != problems[0].reason:
+            _events.warning(body, problems[0].reason, "; ".join(p.message for p in problems))
 
 
 def _serving_now(meta: Meta, cache: Cache, version: str, current: ModelDeploymentStatus,
@@ -267,9 +282,9 @@ def _drained(md: ModelDeploymentSpec, current: ModelDeploymentStatus, decision: 
 
 def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md: ModelDeploymentSpec, meta: Meta,
                  old: dict[str, Any], stable: ModelVersion | None, ready_replicas: int, desired_replicas: int,
-                 has_model: bool) -> dict[str, Any]:
+                 has_model: bool, problems: list[diagnose.Problem] = ()) -> dict[str, Any]:
     """Phase, conditions and serving figures here; versions, traffic, rollout and history as the state machine
-    applies its decision."""
+    applies its decision. `problems`: what the servers' pods show (Ready and Degraded say it in words)."""
     applied = rollout.apply_decision(current, decision).model_dump(mode="json", by_alias=True, exclude_none=True)
     generation = meta.generation
     conditions = list(old.get("conditions") or [])
@@ -281,6 +296,9 @@ def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md:
         waiting_for = decision.stable_version or decision.candidate_version
         reason, message = (cond.RECONCILED, f"serving {decision.stable_version}") if serving_ok else (
             cond.WAITING_FOR_REPLICAS, f"waiting for replicas of {waiting_for}")
+    in_words = "; ".join(p.message for p in problems)
+    if problems and not serving_ok:
+        reason, message = problems[0].reason, in_words
     conditions = cond.set_condition(conditions, cond.READY, serving_ok, reason, message, generation)
     progressing = decision.rollout is not None
     previous = cond.get_condition(conditions, cond.PROGRESSING)
@@ -292,11 +310,17 @@ def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md:
     else:
         reason, message = decision.reason, decision.message
     conditions = cond.set_condition(conditions, cond.PROGRESSING, progressing, reason, message, generation)
+    # A rollback's Degraded stays until the next rollout; one the pods showed goes when they stop showing it.
+    from_pods = (cond.get_condition(conditions, cond.DEGRADED) or {}).get("reason") in diagnose.POD_REASONS
     degraded = decision.action is rollout.Action.ROLL_BACK or (
-        cond.is_true(conditions, cond.DEGRADED) and decision.action in rollout.QUIET_ACTIONS and not progressing)
-    conditions = cond.set_condition(conditions, cond.DEGRADED, degraded,
-                                    decision.reason if degraded else "Healthy",
-                                    decision.message if degraded else "", generation)
+        cond.is_true(conditions, cond.DEGRADED) and not from_pods and decision.action in rollout.QUIET_ACTIONS
+        and not progressing)
+    if problems and not degraded:
+        degraded, degraded_reason, degraded_message = True, problems[0].reason, in_words
+    else:
+        degraded_reason, degraded_message = (decision.reason, decision.message) if degraded else ("Healthy", "")
+    conditions = cond.set_condition(conditions, cond.DEGRADED, degraded, degraded_reason, degraded_message,
+                                    generation)
     phase = "Progressing" if progressing else ("Available" if serving_ok else (
         "Degraded" if degraded else "Pending"))
     return {
