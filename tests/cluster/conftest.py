@@ -109,8 +109,9 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindHandle]:
         cluster.delete(log=log)  # one left by an interrupted run holds the host ports
         cluster.create(log=log)
         t0 = time.monotonic()
-        cluster.load(project.operator, list(WORKERS))
-        cluster.load(project.runtime, list(WORKERS))
+        prometheus = kind.prometheus_image(log=log)
+        for image in (project.operator, project.runtime, prometheus):
+            cluster.load(image, list(WORKERS))
         log(f"[cluster] images loaded into {', '.join(WORKERS)} in {time.monotonic() - t0:.0f}s")
     except BuildError as err:
         cluster.delete(log=log)
@@ -127,11 +128,21 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindHandle]:
             cluster.delete(log=log)
 
 
+# The chart as the cluster tier installs it: its own Prometheus on, everything else the chart's defaults.
+CHART_VALUES = ("--set", "prometheus.enabled=true")
+
+
+def install_chart(h: KindHandle, *values: str, verb: str = "install") -> None:
+    """helm install/upgrade of charts/mlcycle with CHART_VALUES and `values`, nothing kept from before."""
+    h.helm(verb, RELEASE, str(ROOT / "charts" / "mlcycle"), "--namespace", SYSTEM_NAMESPACE, "--create-namespace",
+           "--wait", "--timeout", "180s", *(["--reset-values"] if verb == "upgrade" else []), *CHART_VALUES,
+           *values)
+
+
 @pytest.fixture(scope="package")
 def chart(kind_cluster: KindHandle) -> Iterator[KindHandle]:
     """The chart installed into mlcycle-system, watching every namespace; Ready operator."""
-    kind_cluster.helm("install", RELEASE, str(ROOT / "charts" / "mlcycle"), "--namespace", SYSTEM_NAMESPACE,
-                      "--create-namespace", "--wait", "--timeout", "180s")
+    install_chart(kind_cluster)
     yield kind_cluster
     kind_cluster.helm("uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", check=False)
 
@@ -144,4 +155,5 @@ def kube_namespace(request: pytest.FixtureRequest, kind_cluster: KindHandle) -> 
     kind_cluster.kubectl("create", "namespace", name)
     kind_cluster.kubectl("label", "namespace", name, "mlcycle.io/test=true")
     yield name
-    kind_cluster.kubectl("delete", "namespace", name, "--wait=false")
+    # Waited for while the operator runs: its finalizers go with what it owns, not after it.
+    kind_cluster.kubectl("delete", "namespace", name, "--timeout=120s", check=False)

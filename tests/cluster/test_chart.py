@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.cluster.conftest import RELEASE, ROOT, SYSTEM_NAMESPACE, KindHandle
+from tests.cluster.conftest import RELEASE, SYSTEM_NAMESPACE, KindHandle, install_chart
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -75,8 +75,7 @@ def test_the_operator_reconciles_with_only_the_charts_permissions(chart: KindHan
 def test_with_watch_namespaces_the_operator_reconciles_only_there(chart: KindHandle, kube_namespace: str):
     other = f"{kube_namespace}-other"[:63]
     chart.kubectl("create", "namespace", other)
-    chart.helm("upgrade", RELEASE, str(_chart_dir()), "--namespace", SYSTEM_NAMESPACE, "--wait",
-               "--timeout", "180s", "--reuse-values", "--set", f"watchNamespaces={{{kube_namespace}}}")
+    install_chart(chart, "--set", f"watchNamespaces={{{kube_namespace}}}", verb="upgrade")
     try:
         chart.kubectl("apply", "-n", kube_namespace, "-f", "-", input=_project("watched"))
         chart.kubectl("apply", "-n", other, "-f", "-", input=_project("unwatched"))
@@ -87,11 +86,11 @@ def test_with_watch_namespaces_the_operator_reconciles_only_there(chart: KindHan
         assert not unwatched.get("status") and not unwatched["metadata"].get("finalizers"), unwatched
         rb = chart.kubectl("get", "rolebindings", "-n", other, "-o", "name").stdout
         assert "mlcycle" not in rb, f"the operator holds permissions in an unwatched namespace: {rb}"
+
+        # Back to every namespace: the one it ignored is reconciled now.
+        install_chart(chart, verb="upgrade")
+        wait_for(lambda: _phase(chart, other, "unwatched") == "Ready", timeout=90,
+                 what="MLProject Ready once every namespace is watched again")
     finally:
-        chart.helm("upgrade", RELEASE, str(_chart_dir()), "--namespace", SYSTEM_NAMESPACE, "--wait",
-                   "--timeout", "180s", "--reuse-values", "--set", "watchNamespaces=null")
-        chart.kubectl("delete", "namespace", other, "--wait=false")
-
-
-def _chart_dir():
-    return ROOT / "charts" / "mlcycle"
+        install_chart(chart, verb="upgrade")
+        chart.kubectl("delete", "namespace", other, "--timeout=120s", check=False)

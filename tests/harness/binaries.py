@@ -105,9 +105,9 @@ COMPONENTS: dict[str, Component] = {
     ),
 }
 
-# What the cluster tier's kind node image and its preloaded images are made of (tests/harness/kind.py). Built
-# only by that tier: the control plane above is all the integration tier needs.
-NODE_COMPONENTS: dict[str, Component] = {
+# What the cluster tier's images are made of (tests/harness/kind.py): kind's node image, the images it preloads,
+# and the in-chart Prometheus. Built only for that tier: the control plane above is all the integration tier needs.
+CLUSTER_COMPONENTS: dict[str, Component] = {
     "kind": Component(name="kind", version="v0.33.0", commands={"kind": "sigs.k8s.io/kind"}),
     "containerd": Component(
         name="containerd",
@@ -145,6 +145,16 @@ NODE_COMPONENTS: dict[str, Component] = {
         name="local-path-provisioner",
         version="v0.0.30",
         commands={"local-path-provisioner": "github.com/rancher/local-path-provisioner"},
+        static=True,
+    ),
+    # The chart's Prometheus (prom/prometheus:v3.5.0): Debian's build has no Kubernetes service discovery, and
+    # Prometheus' module has replace directives that `go install` refuses, hence a consumer module.
+    "prometheus": Component(
+        name="prometheus",
+        version="v3.5.0",
+        commands={"prometheus": "github.com/prometheus/prometheus/cmd/prometheus"},
+        ldflags=["-X github.com/prometheus/common/version.Version=3.5.0",
+                 "-X github.com/prometheus/common/version.Branch=mlcycle-harness"],
         static=True,
     ),
     # Last: it reuses most of the control plane's Go build cache.

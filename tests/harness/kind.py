@@ -1,7 +1,7 @@
 """A kind cluster made entirely of images built here: the cluster tier's real containers.
 
 kind itself comes from its Go module; so do containerd, crictl, the CNI plugins, CoreDNS, the local-path
-provisioner and the Kubernetes node binaries (``binaries.NODE_COMPONENTS``). ``node_image`` assembles kind's
+provisioner and the Kubernetes node binaries (``binaries.CLUSTER_COMPONENTS``). ``node_image`` assembles kind's
 node image from kind's own base files (read from the pinned module, not copied into this repository), those
 binaries, bookworm's packages, and every image kubeadm and kind start, preloaded into the node's containerd
 as kind's own ``build node-image`` does; nothing is pulled at cluster creation or after.
@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,8 @@ RUN chmod -R u+w,go-w /etc /kind /usr/local/bin && chmod 0755 /kind /kind/bin /k
  && echo "ReadKMsg=no" >> /etc/systemd/journald.conf \\
  && ln -sf /usr/lib/systemd/systemd /sbin/init \\
  && systemctl enable kubelet.service containerd.service undo-mount-hacks.service \\
- && systemctl mask systemd-binfmt.service containerd-fuse-overlayfs.service \\
+ && systemctl mask systemd-binfmt.service \\
+ && rm /etc/systemd/system/containerd-fuse-overlayfs.service \\
  && mkdir -p /etc/kubernetes/manifests /opt/cni/bin /kind/manifests
 COPY bin/containerd bin/ctr bin/containerd-shim-runc-v2 bin/crictl /usr/local/bin/
 COPY bin/kubelet bin/kubeadm bin/kubectl /usr/bin/
@@ -123,7 +125,8 @@ for arg in "$@"; do
   if [ "$arg" = "--privileged" ]; then
     case "$1" in
       run|create)
-        args+=(--cap-add=ALL --cap-drop=SYS_RESOURCE --device-cgroup-rule='a *:* rwm'
+        # /dev/kmsg: the kubelet reads OOM kills there (--privileged would bring every host device).
+        args+=(--cap-add=ALL --cap-drop=SYS_RESOURCE --device-cgroup-rule='a *:* rwm' --device=/dev/kmsg
                --security-opt=seccomp=unconfined --security-opt=apparmor=unconfined
                --security-opt=systempaths=unconfined) ;;
     esac  # docker exec: the container's own capabilities
@@ -137,7 +140,7 @@ exec {docker} "${{args[@]}}"
 
 def _module_dir(component: str, module: str) -> Path:
     """Where Go keeps `module` as `component`'s consumer module pins it (downloaded by its build)."""
-    c = binaries.NODE_COMPONENTS[component]
+    c = binaries.CLUSTER_COMPONENTS[component]
     proc = subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", module], cwd=c.module_dir,
                           env=binaries._go_env(), capture_output=True, text=True)
     if proc.returncode != 0 or not proc.stdout.strip():
@@ -176,12 +179,40 @@ def component_images(bins: dict[str, Path], debian: str, work: Path) -> list[Com
                              "--no-install-recommends nftables conntrack && rm -rf /var/lib/apt/lists/*\n"),
         ComponentImage(f"{k8s}/pause:{PAUSE_VERSION}", _pause_binary(work), "/pause", base="scratch"),
         ComponentImage(f"{images.REGISTRY}/etcd:{binaries.ETCD_VERSION}", bins["etcd"], "/usr/local/bin/etcd"),
-        ComponentImage(f"{images.REGISTRY}/coredns:{binaries.NODE_COMPONENTS['coredns'].version}",
+        ComponentImage(f"{images.REGISTRY}/coredns:{binaries.CLUSTER_COMPONENTS['coredns'].version}",
                        bins["coredns"], "/coredns"),
         ComponentImage(f"{images.REGISTRY}/local-path-provisioner:"
-                       f"{binaries.NODE_COMPONENTS['local-path-provisioner'].version}",
+                       f"{binaries.CLUSTER_COMPONENTS['local-path-provisioner'].version}",
                        bins["local-path-provisioner"], "/usr/local/bin/local-path-provisioner"),
     ]
+
+
+PROMETHEUS_DOCKERFILE = """\
+FROM {debian}
+COPY prometheus /bin/prometheus
+RUN mkdir -p /etc/prometheus /prometheus && chown 65534:65534 /prometheus
+# As prom/prometheus: nobody, the binary as entrypoint, the TSDB in /prometheus.
+USER 65534:65534
+WORKDIR /prometheus
+ENTRYPOINT ["/bin/prometheus"]
+"""
+
+
+def prometheus_image(log=print) -> str:
+    """The chart's in-cluster Prometheus (values prometheus.image), built from its Go module under that name."""
+    component = binaries.CLUSTER_COMPONENTS["prometheus"]
+    tag = f"prom/prometheus:{component.version}"
+    [binary] = binaries.ensure_all(log=log, components={"prometheus": component}).values()
+    debian = images.debian_base(log)
+    digest = images._digest(debian, PROMETHEUS_DOCKERFILE, binary.parent.name)
+    built = images.docker("image", "inspect", "--format", "{{index .Config.Labels \"mlcycle.digest\"}}", tag,
+                          check=False).stdout.decode().strip()
+    if built != digest:
+        with tempfile.TemporaryDirectory() as ctx:
+            shutil.copy2(binary, Path(ctx) / "prometheus")
+            dockerfile = PROMETHEUS_DOCKERFILE.format(debian=debian) + f'LABEL mlcycle.digest="{digest}"\n'
+            images.build(tag, Path(ctx), dockerfile, log=log)
+    return tag
 
 
 def storage_manifest(provisioner: str, helper: str) -> str:
@@ -206,7 +237,7 @@ def storage_manifest(provisioner: str, helper: str) -> str:
 
 def node_image(log=print) -> str:
     """kind's node image for Kubernetes `KUBERNETES_VERSION`, built here; its tag is a digest of its inputs."""
-    bins = {**binaries.ensure_all(log=log, components=binaries.NODE_COMPONENTS),
+    bins = {**binaries.ensure_all(log=log, components=binaries.CLUSTER_COMPONENTS),
             **binaries.ensure_all(log=log)}
     debian = images.debian_base(log)
     kind_files = _module_dir("kind", KIND_MODULE) / "images" / "base" / "files"
@@ -224,7 +255,7 @@ def node_image(log=print) -> str:
         for name in ("containerd", "ctr", "containerd-shim-runc-v2", "crictl", "kubelet", "kubeadm", "kubectl"):
             shutil.copy2(bins[name], ctx / "bin" / name)
         (ctx / "cni").mkdir()
-        for name in binaries.NODE_COMPONENTS["cni-plugins"].commands:
+        for name in binaries.CLUSTER_COMPONENTS["cni-plugins"].commands:
             shutil.copy2(bins[name], ctx / "cni" / name)
         (ctx / "node-entrypoint").write_text(NODE_ENTRYPOINT)
         (ctx / "node-entrypoint").chmod(0o755)
@@ -291,7 +322,7 @@ def cluster_config(user_config: Path = KIND_CONFIG, name: str | None = None) -> 
         "kind": "ClusterConfiguration",
         "etcd": {"local": {"imageRepository": images.REGISTRY, "imageTag": binaries.ETCD_VERSION}},
         "dns": {"imageRepository": images.REGISTRY,
-                "imageTag": binaries.NODE_COMPONENTS["coredns"].version},
+                "imageTag": binaries.CLUSTER_COMPONENTS["coredns"].version},
     }))
     if cgroup_v1():
         patches.append(yaml.safe_dump({"kind": "KubeletConfiguration", "failCgroupV1": False}))
@@ -326,7 +357,7 @@ class KindCluster:
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        bins = {**binaries.ensure_all(components={"kind": binaries.NODE_COMPONENTS["kind"]}),
+        bins = {**binaries.ensure_all(components={"kind": binaries.CLUSTER_COMPONENTS["kind"]}),
                 **binaries.ensure_all()}
         self.kind = self.kind or bins["kind"]
         self.kubectl = self.kubectl or bins["kubectl"]
@@ -413,12 +444,17 @@ def main(argv: list[str]) -> int:
     if action == "images":
         started = time.monotonic()
         try:
-            node = node_image()
-            project = images.project_images()
+            images.debian_base()
+            # The project images spend their time downloading wheels, the Go builds on the CPUs: side by side.
+            with ThreadPoolExecutor(1) as pool:
+                project_build = pool.submit(images.project_images)
+                node = node_image()
+                prometheus = prometheus_image()
+                project = project_build.result()
         except BuildError as err:
             print(f"[images] {err}")
             return 1
-        for tag in (node, project.operator, project.runtime):
+        for tag in (node, prometheus, project.operator, project.runtime):
             print(f"  {tag:56} {images.size_mb(tag):,.0f} MB")
         print(f"[images] ready in {time.monotonic() - started:.0f}s")
         return 0

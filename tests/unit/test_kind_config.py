@@ -39,7 +39,7 @@ def test_images_built_here_are_named_through_kubeadm(machine):
     config = kind.cluster_config(ROOT / "kind-config.yaml")
     [cluster] = patches(config, "ClusterConfiguration")
     assert cluster["etcd"]["local"] == {"imageRepository": images.REGISTRY, "imageTag": binaries.ETCD_VERSION}
-    assert cluster["dns"]["imageTag"] == binaries.NODE_COMPONENTS["coredns"].version
+    assert cluster["dns"]["imageTag"] == binaries.CLUSTER_COMPONENTS["coredns"].version
     assert config["networking"]["disableDefaultCNI"] is True
 
 

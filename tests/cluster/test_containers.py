@@ -1,0 +1,202 @@
+"""What only real containers show: a model trained and served in the runtime image as uid 65532 on a read-only
+root, a trainer killed at its memory limit, and an image that does not exist — each in the resource's status
+and an Event, in words."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from examples.churn import generate
+from tests.cluster.conftest import KindHandle
+from tests.harness import images
+from tests.integration.helpers import wait_for
+
+pytestmark = pytest.mark.cluster
+
+RUNTIME = f"{images.PUBLIC_REPOSITORY}/runtime:{images.app_version()}"
+# Under a name no registry can answer for: the pull is expected to fail, and the no-pull check is told so.
+MISSING_IMAGE = f"{images.REGISTRY}/does-not-exist:0.0.0"
+CLAIM = "churn-models"
+DATA_URI = f"pvc://{CLAIM}/data/customers.parquet"
+
+
+def apply(h: KindHandle, namespace: str, *docs: dict) -> None:
+    h.kubectl("apply", "--server-side", "--field-manager=test", "-n", namespace, "-f", "-",
+              input=yaml.safe_dump_all(docs))
+
+
+def get(h: KindHandle, namespace: str, kind: str, name: str) -> dict:
+    out = h.kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(out.stdout) if out.returncode == 0 else {}
+
+
+def conditions(obj: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in (obj.get("status") or {}).get("conditions") or []}
+
+
+def events(h: KindHandle, namespace: str, name: str) -> list[str]:
+    out = json.loads(h.kubectl("get", "events", "-n", namespace, "--field-selector",
+                               f"involvedObject.name={name}", "-o", "json").stdout)
+    return [f"{e['type']} {e['reason']}: {e['message']}" for e in out["items"]]
+
+
+def project(name: str = "churn") -> dict:
+    return {
+        "apiVersion": "mlcycle.io/v1alpha1", "kind": "MLProject", "metadata": {"name": name},
+        "spec": {
+            "objective": {"businessMetric": "churn rate", "metric": {"name": "roc_auc", "direction": "maximize"}},
+            "owners": ["ml-platform@example.com"],
+            # kind's local-path provisioner binds ReadWriteOnce only.
+            "storage": {"uri": f"pvc://{CLAIM}/artifacts", "pvc": {"size": "1Gi", "accessMode": "ReadWriteOnce"}},
+        },
+    }
+
+
+def training_job(name: str, memory: str = "2Gi") -> dict:
+    return {
+        "apiVersion": "mlcycle.io/v1alpha1", "kind": "TrainingJob",
+        "metadata": {"name": name, "labels": {"mlcycle.io/model": "churn-classifier"}},
+        "spec": {
+            "project": "churn",
+            "data": {"source": {"uri": DATA_URI, "timestampColumn": "event_timestamp",
+                                "entityColumns": ["customer_id"]},
+                     "labelColumn": "churned", "split": {"validationFraction": 0.2, "testFraction": 0.1}},
+            "model": {"framework": "xgboost", "params": {"objective": "binary:logistic", "tree_method": "hist",
+                                                         "num_boost_round": 20}},
+            "tuning": {"numSamples": 1, "metric": "roc_auc", "mode": "max"},
+            "distribution": {"workers": 1, "cpuPerWorker": 0.5, "memoryPerWorker": memory},
+            "evaluation": {"gates": {"minMetric": 0.6}},
+            "output": {"modelName": "churn-classifier"},
+        },
+    }
+
+
+def put_in_claim(h: KindHandle, namespace: str, files: dict[str, Path]) -> None:
+    """Copy files into the project's claim through a pod that mounts it (as a user would with kubectl cp)."""
+    pod = {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "loader"},
+        "spec": {
+            "securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": True},
+            "containers": [{"name": "loader", "image": RUNTIME, "command": ["sleep", "600"],
+                            "volumeMounts": [{"name": "claim", "mountPath": "/claim"}]}],
+            "volumes": [{"name": "claim", "persistentVolumeClaim": {"claimName": CLAIM}}],
+        },
+    }
+    apply(h, namespace, pod)
+    h.kubectl("wait", "-n", namespace, "--for=condition=Ready", "pod/loader", "--timeout=120s")
+    for remote, local in files.items():
+        h.kubectl("exec", "-n", namespace, "loader", "--", "mkdir", "-p", str(Path("/claim") / Path(remote).parent))
+        h.kubectl("cp", str(local), f"{namespace}/loader:/claim/{remote}")
+    h.kubectl("delete", "pod", "-n", namespace, "loader", "--wait=false")
+
+
+@pytest.fixture
+def churn(chart: KindHandle, kube_namespace: str, tmp_path: Path) -> str:
+    """The project, and a small churn dataset in its claim."""
+    apply(chart, kube_namespace, project())
+    paths = generate.write(tmp_path, rows=3000, days=60)
+    put_in_claim(chart, kube_namespace, {"data/customers.parquet": paths["customers"]})
+    return kube_namespace
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_model_trains_and_serves_in_the_runtime_image_as_non_root_on_a_read_only_root(chart: KindHandle,
+                                                                                        churn: str):
+    ns = churn
+    apply(chart, ns, training_job("churn-v1"))
+    job = wait_for(lambda: (s := get(chart, ns, "trainingjob", "churn-v1").get("status") or {}).get("phase")
+                   in ("Succeeded", "Failed") and s, timeout=420, what="TrainingJob finished", every=3)
+    assert job["phase"] == "Succeeded", json.dumps(job, indent=1)[:3000]
+    apply(chart, ns, {
+        "apiVersion": "mlcycle.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "churn"},
+        "spec": {"project": "churn",
+                 "model": {"name": "churn-classifier",
+                           "track": {"selector": {"matchLabels": {"mlcycle.io/model": "churn-classifier"}}}},
+                 "serving": {"replicas": 1, "resources": {"cpu": "250m", "memory": "512Mi"}},
+                 "strategy": {"type": "Recreate"}},
+    })
+    md = wait_for(lambda: (s := get(chart, ns, "modeldeployment", "churn").get("status") or {}).get("phase")
+                  == "Available" and s, timeout=300, what="ModelDeployment Available", every=3)
+    assert md["stableVersion"] == job["model"]["version"]
+
+    pods = json.loads(chart.kubectl("get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=model-server",
+                                    "-o", "json").stdout)["items"]
+    server = next(p["metadata"]["name"] for p in pods if p["status"].get("phase") == "Running")
+    assert chart.kubectl("exec", "-n", ns, server, "--", "id", "-u").stdout.strip() == "65532"
+    probe = chart.kubectl("exec", "-n", ns, server, "--", "python", "-c", "open('/opt/venv/x', 'w')", check=False)
+    assert probe.returncode != 0 and "Read-only file system" in probe.stderr, probe.stderr
+
+    # Through the router's Service, as a client in the cluster would reach it.
+    port = free_port()
+    router = md["endpoint"].split("//", 1)[-1].split(".", 1)[0]
+    forward = subprocess.Popen([str(chart.cluster.kubectl), "--kubeconfig", str(chart.kubeconfig), "port-forward",
+                                "-n", ns, f"svc/{router}", f"{port}:80"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        frame = generate.generate(rows=20, days=10, seed=11)
+        from tests.harness.loop import records
+
+        rows = records(frame)
+        answer = wait_for(lambda: _predict(port, rows[0]), timeout=30, what="a prediction through the router")
+        assert 0.0 <= answer["predictions"][0] <= 1.0, answer
+        for row in rows[1:]:
+            assert _predict(port, row) is not None
+    finally:
+        forward.terminate()
+        forward.wait(10)
+
+
+def _predict(port: int, row: dict) -> dict | None:
+    try:
+        r = httpx.post(f"http://127.0.0.1:{port}/predict", json={"records": [row]}, timeout=10)
+    except httpx.HTTPError:
+        return None
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_trainer_over_its_memory_limit_fails_the_job_in_words(chart: KindHandle, churn: str):
+    ns = churn
+    apply(chart, ns, training_job("churn-small", memory="200Mi"))
+    job = wait_for(lambda: (s := get(chart, ns, "trainingjob", "churn-small").get("status") or {}).get("phase")
+                   in ("Succeeded", "Failed") and s, timeout=300, what="TrainingJob finished", every=3)
+    assert job["phase"] == "Failed", json.dumps(job, indent=1)[:2000]
+    degraded = conditions({"status": job})["Degraded"]
+    assert degraded["reason"] == "OOMKilled", degraded
+    assert "200Mi" in degraded["message"] and "memoryPerWorker" in degraded["message"], degraded
+    wait_for(lambda: any("OOMKilled" in e and "200Mi" in e for e in events(chart, ns, "churn-small")),
+             timeout=30, what="an OOMKilled Event")
+
+
+def test_an_image_that_does_not_exist_fails_the_deployment_in_words(chart: KindHandle, kube_namespace: str):
+    ns = kube_namespace
+    chart.expected_pulls.add(MISSING_IMAGE)
+    apply(chart, ns, project(), {
+        "apiVersion": "mlcycle.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "churn"},
+        "spec": {"project": "churn",
+                 "model": {"name": "churn-classifier", "uri": f"pvc://{CLAIM}/artifacts/churn/models/c/v1"},
+                 "serving": {"image": MISSING_IMAGE, "replicas": 1, "resources": {"cpu": "100m", "memory": "256Mi"}},
+                 "strategy": {"type": "Recreate"}},
+    })
+
+    def says_so() -> dict | None:
+        ready = conditions(get(chart, ns, "modeldeployment", "churn")).get("Ready") or {}
+        return ready if ready.get("reason") == "ImagePullFailed" else None
+
+    ready = wait_for(says_so, timeout=150, what="Ready=False with reason ImagePullFailed", every=3)
+    assert ready["status"] == "False" and MISSING_IMAGE in ready["message"], ready
+    wait_for(lambda: any(e.startswith("Warning ImagePullFailed") and MISSING_IMAGE in e
+                         for e in events(chart, ns, "churn")), timeout=30, what="an ImagePullFailed Event")
+    assert get(chart, ns, "modeldeployment", "churn")["status"]["phase"] == "Degraded"
