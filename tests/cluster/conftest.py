@@ -106,8 +106,11 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindHandle]:
         log(f"[cluster] project images in {time.monotonic() - t0:.0f}s: "
             f"{project.operator} ({images.size_mb(project.operator):,.0f} MB), "
             f"{project.runtime} ({images.size_mb(project.runtime):,.0f} MB)")
-        cluster.delete(log=log)  # one left by an interrupted run holds the host ports
-        cluster.create(log=log)
+        if os.environ.get("MLCYCLE_KEEP_KIND") and cluster.exists():
+            log(f"[cluster] reusing the kept cluster {CLUSTER_NAME} (MLCYCLE_KEEP_KIND)")
+        else:
+            cluster.delete(log=log)  # one left by an interrupted run holds the host ports
+            cluster.create(log=log)
         t0 = time.monotonic()
         prometheus = kind.prometheus_image(log=log)
         for image in (project.operator, project.runtime, prometheus):
@@ -123,7 +126,8 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindHandle]:
         assert not pulls, f"images were pulled from a registry: {pulls}"
     finally:
         if os.environ.get("MLCYCLE_KEEP_KIND"):
-            log(f"[cluster] kept: export KUBECONFIG={cluster.kubeconfig}")
+            log(f"[cluster] kept (the next run with MLCYCLE_KEEP_KIND reuses it): export KUBECONFIG="
+                f"{cluster.kubeconfig}")
         else:
             cluster.delete(log=log)
 
@@ -132,11 +136,10 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindHandle]:
 CHART_VALUES = ("--set", "prometheus.enabled=true")
 
 
-def install_chart(h: KindHandle, *values: str, verb: str = "install") -> None:
-    """helm install/upgrade of charts/mlcycle with CHART_VALUES and `values`, nothing kept from before."""
-    h.helm(verb, RELEASE, str(ROOT / "charts" / "mlcycle"), "--namespace", SYSTEM_NAMESPACE, "--create-namespace",
-           "--wait", "--timeout", "180s", *(["--reset-values"] if verb == "upgrade" else []), *CHART_VALUES,
-           *values)
+def install_chart(h: KindHandle, *values: str) -> None:
+    """helm upgrade --install of charts/mlcycle with CHART_VALUES and `values`, nothing kept from before."""
+    h.helm("upgrade", "--install", RELEASE, str(ROOT / "charts" / "mlcycle"), "--namespace", SYSTEM_NAMESPACE,
+           "--create-namespace", "--wait", "--timeout", "180s", "--reset-values", *CHART_VALUES, *values)
 
 
 @pytest.fixture(scope="package")

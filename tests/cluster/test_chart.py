@@ -75,7 +75,7 @@ def test_the_operator_reconciles_with_only_the_charts_permissions(chart: KindHan
 def test_with_watch_namespaces_the_operator_reconciles_only_there(chart: KindHandle, kube_namespace: str):
     other = f"{kube_namespace}-other"[:63]
     chart.kubectl("create", "namespace", other)
-    install_chart(chart, "--set", f"watchNamespaces={{{kube_namespace}}}", verb="upgrade")
+    install_chart(chart, "--set", f"watchNamespaces={{{kube_namespace}}}")
     try:
         chart.kubectl("apply", "-n", kube_namespace, "-f", "-", input=_project("watched"))
         chart.kubectl("apply", "-n", other, "-f", "-", input=_project("unwatched"))
@@ -88,9 +88,9 @@ def test_with_watch_namespaces_the_operator_reconciles_only_there(chart: KindHan
         assert "mlcycle" not in rb, f"the operator holds permissions in an unwatched namespace: {rb}"
 
         # Back to every namespace: the one it ignored is reconciled now.
-        install_chart(chart, verb="upgrade")
+        install_chart(chart)
         wait_for(lambda: _phase(chart, other, "unwatched") == "Ready", timeout=90,
                  what="MLProject Ready once every namespace is watched again")
     finally:
-        install_chart(chart, verb="upgrade")
+        install_chart(chart)
         chart.kubectl("delete", "namespace", other, "--timeout=120s", check=False)
