@@ -113,9 +113,11 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindHandle]:
             cluster.create(log=log)
         t0 = time.monotonic()
         prometheus = kind.prometheus_image(log=log)
-        for image in (project.operator, project.runtime, prometheus):
+        metrics_server = kind.metrics_server_image(log=log)
+        for image in (project.operator, project.runtime, prometheus, metrics_server):
             cluster.load(image, list(WORKERS))
         log(f"[cluster] images loaded into {', '.join(WORKERS)} in {time.monotonic() - t0:.0f}s")
+        cluster.install_metrics_server(metrics_server)
     except BuildError as err:
         cluster.delete(log=log)
         pytest.fail(f"the kind cluster could not be made: {err}", pytrace=False)
@@ -132,8 +134,12 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindHandle]:
             cluster.delete(log=log)
 
 
-# The chart as the cluster tier installs it: its own Prometheus on, everything else the chart's defaults.
-CHART_VALUES = ("--set", "prometheus.enabled=true")
+# The chart as the cluster tier installs it: its own Prometheus on, its UI where kind-config.yaml maps it
+# (localhost:9090), everything else the chart's defaults.
+CHART_VALUES = ("--set", "prometheus.enabled=true", "--set", "prometheus.service.type=NodePort",
+                "--set", "prometheus.service.nodePort=30090")
+PROMETHEUS_URL = "http://127.0.0.1:9090"  # kind-config.yaml: node port 30090 on localhost:9090
+ROUTER_URL = "http://127.0.0.1:8080"  # kind-config.yaml: node port 30080 on localhost:8080
 
 
 def install_chart(h: KindHandle, *values: str) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 import yaml
 
-from tests.cluster.conftest import RELEASE, SYSTEM_NAMESPACE, KindHandle, install_chart
+from tests.cluster.conftest import PROMETHEUS_URL, RELEASE, SYSTEM_NAMESPACE, KindHandle, install_chart
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -94,3 +95,19 @@ def test_with_watch_namespaces_the_operator_reconciles_only_there(chart: KindHan
     finally:
         install_chart(chart)
         chart.kubectl("delete", "namespace", other, "--timeout=120s", check=False)
+
+
+def test_the_in_chart_prometheus_finds_the_operator_through_kubernetes_discovery(chart: KindHandle):
+    pod = _operator_pod(chart)["metadata"]["name"]
+
+    def scraped() -> dict | None:
+        try:
+            answer = httpx.get(f"{PROMETHEUS_URL}/api/v1/query", params={"query": f'up{{pod="{pod}"}}'}, timeout=5)
+        except httpx.HTTPError:
+            return None
+        result = answer.json()["data"]["result"]
+        return result[0] if result and result[0]["value"][1] == "1" else None
+
+    # Through the node port kind-config.yaml maps to localhost:9090, from a target found by pod discovery.
+    up = wait_for(scraped, timeout=120, what=f"up{{pod={pod}}} == 1 in the in-chart Prometheus", every=3)
+    assert up["metric"]["namespace"] == SYSTEM_NAMESPACE, up

@@ -14,8 +14,9 @@ import pytest
 import yaml
 
 from examples.churn import generate
-from tests.cluster.conftest import KindHandle
+from tests.cluster.conftest import ROUTER_URL, KindHandle
 from tests.harness import images
+from tests.harness.loop import Traffic, records
 from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -112,13 +113,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def finished(h: KindHandle, namespace: str, name: str, timeout: float = 420) -> dict:
+    """The TrainingJob's status once it is Succeeded or Failed."""
+    return wait_for(lambda: (s := get(h, namespace, "trainingjob", name).get("status") or {}).get("phase")
+                    in ("Succeeded", "Failed") and s, timeout=timeout, what=f"TrainingJob {name} finished", every=3)
+
+
+def train(h: KindHandle, namespace: str, name: str = "churn-v1") -> dict:
+    apply(h, namespace, training_job(name))
+    job = finished(h, namespace, name)
+    assert job["phase"] == "Succeeded", json.dumps(job, indent=1)[:3000]
+    return job
+
+
 def test_a_model_trains_and_serves_in_the_runtime_image_as_non_root_on_a_read_only_root(chart: KindHandle,
                                                                                         churn: str):
     ns = churn
-    apply(chart, ns, training_job("churn-v1"))
-    job = wait_for(lambda: (s := get(chart, ns, "trainingjob", "churn-v1").get("status") or {}).get("phase")
-                   in ("Succeeded", "Failed") and s, timeout=420, what="TrainingJob finished", every=3)
-    assert job["phase"] == "Succeeded", json.dumps(job, indent=1)[:3000]
+    job = train(chart, ns)
     apply(chart, ns, {
         "apiVersion": "mlcycle.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "churn"},
         "spec": {"project": "churn",
@@ -145,10 +156,7 @@ def test_a_model_trains_and_serves_in_the_runtime_image_as_non_root_on_a_read_on
                                 "-n", ns, f"svc/{router}", f"{port}:80"], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
     try:
-        frame = generate.generate(rows=20, days=10, seed=11)
-        from tests.harness.loop import records
-
-        rows = records(frame)
+        rows = records(generate.generate(rows=20, days=10, seed=11))
         answer = wait_for(lambda: _predict(port, rows[0]), timeout=30, what="a prediction through the router")
         assert 0.0 <= answer["predictions"][0] <= 1.0, answer
         for row in rows[1:]:
@@ -170,8 +178,7 @@ def _predict(port: int, row: dict) -> dict | None:
 def test_a_trainer_over_its_memory_limit_fails_the_job_in_words(chart: KindHandle, churn: str):
     ns = churn
     apply(chart, ns, training_job("churn-small", memory="200Mi"))
-    job = wait_for(lambda: (s := get(chart, ns, "trainingjob", "churn-small").get("status") or {}).get("phase")
-                   in ("Succeeded", "Failed") and s, timeout=300, what="TrainingJob finished", every=3)
+    job = finished(chart, ns, "churn-small", timeout=300)
     assert job["phase"] == "Failed", json.dumps(job, indent=1)[:2000]
     degraded = conditions({"status": job})["Degraded"]
     assert degraded["reason"] == "OOMKilled", degraded
@@ -200,3 +207,59 @@ def test_an_image_that_does_not_exist_fails_the_deployment_in_words(chart: KindH
     wait_for(lambda: any(e.startswith("Warning ImagePullFailed") and MISSING_IMAGE in e
                          for e in events(chart, ns, "churn")), timeout=30, what="an ImagePullFailed Event")
     assert get(chart, ns, "modeldeployment", "churn")["status"]["phase"] == "Degraded"
+
+
+def test_a_version_scales_up_under_load_and_back_down_with_no_failed_request(chart: KindHandle, churn: str):
+    """metrics-server feeds the version's HPA; clients call through the router's node port (localhost:8080)."""
+    ns = churn
+    train(chart, ns)
+    apply(chart, ns, {
+        "apiVersion": "mlcycle.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "churn"},
+        "spec": {"project": "churn",
+                 "model": {"name": "churn-classifier",
+                           "track": {"selector": {"matchLabels": {"mlcycle.io/model": "churn-classifier"}}}},
+                 "serving": {"resources": {"cpu": "100m", "memory": "512Mi"},
+                             "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 3,
+                                             "targetCpuUtilization": 50, "scaleDownStabilization": "15s"}},
+                 "service": {"type": "NodePort", "nodePort": 30080},
+                 "strategy": {"type": "Recreate"}},
+    })
+    wait_for(lambda: (get(chart, ns, "modeldeployment", "churn").get("status") or {}).get("phase") == "Available",
+             timeout=300, what="ModelDeployment Available", every=3)
+    [hpa] = json.loads(chart.kubectl("get", "hpa", "-n", ns, "-o", "json").stdout)["items"]
+    server = hpa["spec"]["scaleTargetRef"]["name"]
+
+    def replicas() -> tuple[int, int]:
+        status = get(chart, ns, "deployment", server).get("status") or {}
+        return status.get("replicas", 0), status.get("readyReplicas", 0)
+
+    rows = records(generate.generate(rows=400, days=10, seed=5))
+    trickle = Traffic(url=ROUTER_URL, steady=rows, drifted=rows, rate=2.0, workers=4)
+    load = Traffic(url=ROUTER_URL, steady=rows, drifted=rows, rate=40.0, workers=16)
+    wait_for(lambda: _predict_url(ROUTER_URL, rows[0]), timeout=60, what="the router on localhost:8080")
+    trickle.start()
+    load.start()
+    try:
+        wait_for(lambda: replicas()[1] >= 2, timeout=300, every=3,
+                 what=f"a second ready replica of {server} under load (HPA: {hpa['metadata']['name']})")
+    finally:
+        load.stop()
+    try:
+        wait_for(lambda: replicas() == (1, 1), timeout=300, every=3, what=f"{server} back to one replica")
+    finally:
+        trickle.stop()
+    failures = load.failures + trickle.failures
+    assert load.ok > 100 and trickle.ok > 10, (load.ok, trickle.ok)
+    assert not failures, f"{len(failures)} of {load.sent + trickle.sent} requests failed: {failures[:5]}"
+    events = json.loads(chart.kubectl("get", "events", "-n", ns, "--field-selector",
+                                      f"involvedObject.name={hpa['metadata']['name']}", "-o", "json").stdout)
+    reasons = [e["message"] for e in events["items"] if e["reason"] == "SuccessfulRescale"]
+    assert any("above target" in m for m in reasons) and any("below target" in m for m in reasons), reasons
+
+
+def _predict_url(url: str, row: dict) -> dict | None:
+    try:
+        r = httpx.post(f"{url}/predict", json={"records": [row]}, timeout=10)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None

@@ -157,6 +157,14 @@ CLUSTER_COMPONENTS: dict[str, Component] = {
                  "-X github.com/prometheus/common/version.Branch=mlcycle-harness"],
         static=True,
     ),
+    # The resource metrics API behind the serving HPAs (kind has none of its own).
+    "metrics-server": Component(
+        name="metrics-server",
+        version="v0.8.0",
+        commands={"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"},
+        ldflags=["-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=v0.8.0"],
+        static=True,
+    ),
     # Last: it reuses most of the control plane's Go build cache.
     "kubernetes-node": Component(
         name="kubernetes-node",

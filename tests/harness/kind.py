@@ -43,6 +43,9 @@ KIND_MODULE = "sigs.k8s.io/kind"
 LOCAL_PATH_MODULE = "github.com/rancher/local-path-provisioner"
 PAUSE_VERSION = "3.10.2"  # build/pause/Makefile's TAG in k8s.io/kubernetes v1.37.2
 CAP_SYS_RESOURCE = 24
+# What the node image is made of (its digest covers exactly these builds and the control plane's).
+NODE_IMAGE_COMPONENTS = ("kubernetes-node", "kind", "containerd", "crictl", "cni-plugins", "coredns",
+                         "local-path-provisioner")
 KIND_LABEL = "io.x-k8s.kind.cluster"
 
 NODE_DOCKERFILE = """\
@@ -198,21 +201,55 @@ ENTRYPOINT ["/bin/prometheus"]
 """
 
 
-def prometheus_image(log=print) -> str:
-    """The chart's in-cluster Prometheus (values prometheus.image), built from its Go module under that name."""
-    component = binaries.CLUSTER_COMPONENTS["prometheus"]
-    tag = f"prom/prometheus:{component.version}"
-    [binary] = binaries.ensure_all(log=log, components={"prometheus": component}).values()
+METRICS_SERVER_DOCKERFILE = """\
+FROM {debian}
+COPY metrics-server /metrics-server
+USER 65534:65534
+ENTRYPOINT ["/metrics-server"]
+"""
+
+
+def _image_of(component_name: str, tag: str, dockerfile: str, log=print) -> str:
+    """An image of one binary built here, under `tag`, rebuilt when the binary or the Dockerfile change."""
+    component = binaries.CLUSTER_COMPONENTS[component_name]
+    [binary] = binaries.ensure_all(log=log, components={component_name: component}).values()
     debian = images.debian_base(log)
-    digest = images._digest(debian, PROMETHEUS_DOCKERFILE, binary.parent.name)
+    digest = images._digest(debian, dockerfile, binary.parent.name)
     built = images.docker("image", "inspect", "--format", "{{index .Config.Labels \"mlcycle.digest\"}}", tag,
                           check=False).stdout.decode().strip()
     if built != digest:
         with tempfile.TemporaryDirectory() as ctx:
-            shutil.copy2(binary, Path(ctx) / "prometheus")
-            dockerfile = PROMETHEUS_DOCKERFILE.format(debian=debian) + f'LABEL mlcycle.digest="{digest}"\n'
-            images.build(tag, Path(ctx), dockerfile, log=log)
+            shutil.copy2(binary, Path(ctx) / binary.name)
+            text = dockerfile.format(debian=debian) + f'LABEL mlcycle.digest="{digest}"\n'
+            images.build(tag, Path(ctx), text, log=log)
     return tag
+
+
+def prometheus_image(log=print) -> str:
+    """The chart's in-cluster Prometheus (values prometheus.image), built from its Go module under that name."""
+    version = binaries.CLUSTER_COMPONENTS["prometheus"].version
+    return _image_of("prometheus", f"prom/prometheus:{version}", PROMETHEUS_DOCKERFILE, log)
+
+
+def metrics_server_image(log=print) -> str:
+    version = binaries.CLUSTER_COMPONENTS["metrics-server"].version
+    return _image_of("metrics-server", f"{images.REGISTRY}/metrics-server:{version}", METRICS_SERVER_DOCKERFILE, log)
+
+
+def metrics_server_manifest(kubectl: Path, image: str) -> str:
+    """metrics-server's own manifests (kustomize base in its module), with the image built here; kind's kubelets
+    serve self-signed certificates, hence --kubelet-insecure-tls (what metrics-server's docs say for kind)."""
+    base = _module_dir("metrics-server", "sigs.k8s.io/metrics-server") / "manifests" / "base"
+    proc = subprocess.run([str(kubectl), "kustomize", str(base)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise BuildError(f"kubectl kustomize {base}: {proc.stderr}")
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            container = doc["spec"]["template"]["spec"]["containers"][0]
+            container["image"] = image
+            container["args"].append("--kubelet-insecure-tls")
+    return yaml.safe_dump_all(docs, sort_keys=False)
 
 
 def storage_manifest(provisioner: str, helper: str) -> str:
@@ -237,8 +274,8 @@ def storage_manifest(provisioner: str, helper: str) -> str:
 
 def node_image(log=print) -> str:
     """kind's node image for Kubernetes `KUBERNETES_VERSION`, built here; its tag is a digest of its inputs."""
-    bins = {**binaries.ensure_all(log=log, components=binaries.CLUSTER_COMPONENTS),
-            **binaries.ensure_all(log=log)}
+    node = {name: binaries.CLUSTER_COMPONENTS[name] for name in NODE_IMAGE_COMPONENTS}
+    bins = {**binaries.ensure_all(log=log, components=node), **binaries.ensure_all(log=log)}
     debian = images.debian_base(log)
     kind_files = _module_dir("kind", KIND_MODULE) / "images" / "base" / "files"
     parts = [debian, NODE_DOCKERFILE, NODE_ENTRYPOINT, COMPONENT_DOCKERFILE, PAUSE_VERSION,
@@ -424,6 +461,13 @@ class KindCluster:
                                   capture_output=True, text=True)
             if proc.returncode != 0:
                 raise BuildError(f"network setup on {name} failed: {proc.stderr}")
+
+    def install_metrics_server(self, image: str) -> None:
+        """The resource metrics API (HPAs on CPU), from metrics-server's manifests; waits until it is served."""
+        self.kubectl_run("apply", "-f", "-", input=metrics_server_manifest(self.kubectl, image))
+        self.kubectl_run("rollout", "status", "-n", "kube-system", "deployment/metrics-server", "--timeout=180s")
+        self.kubectl_run("wait", "--for=condition=Available", "apiservice/v1beta1.metrics.k8s.io",
+                         "--timeout=120s")
 
     def load(self, image: str, nodes: list[str] | None = None) -> None:
         """`kind load docker-image` (kind skips nodes that already have the image)."""

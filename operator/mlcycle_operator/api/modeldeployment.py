@@ -50,6 +50,9 @@ class Autoscaling(ApiModel):
     target_requests_per_second: int | None = Field(
         None, ge=1, description="Requests per second per replica to hold (needs a custom-metrics adapter)."
     )
+    scale_down_stabilization: Duration = Field(
+        "5m", description="How long the load must stay below the target before replicas are removed (the HPA's "
+                          "behavior.scaleDown.stabilizationWindowSeconds; Kubernetes' own default is 5m).")
 
     model_config = validations({
         "rule": "self.minReplicas <= self.maxReplicas",
@@ -145,6 +148,21 @@ class BlueGreen(ApiModel):
     analysis: Analysis = Field(default_factory=Analysis, description="Analysis during the preview.")
 
 
+class RouterService(ApiModel):
+    """The router's Service: the deployment's stable endpoint."""
+
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = Field(
+        "ClusterIP", description="ClusterIP (in-cluster only), NodePort or LoadBalancer.")
+    node_port: int | None = Field(
+        None, ge=30000, le=32767, description="Fixed node port (NodePort or LoadBalancer); the cluster picks one "
+        "when omitted. The kind cluster of kind-config.yaml maps 30080 to localhost:8080.")
+
+    model_config = validations({
+        "rule": "!has(self.nodePort) || self.type != 'ClusterIP'",
+        "message": "nodePort needs type NodePort or LoadBalancer", "fieldPath": ".nodePort",
+    })
+
+
 class Strategy(ApiModel):
     """How a new version replaces the stable one."""
 
@@ -173,6 +191,8 @@ class ModelDeploymentSpec(ApiModel):
     model: ModelRef = Field(description="The model to serve.")
     serving: Serving = Field(default_factory=Serving, description="Serving settings per version.")
     strategy: Strategy = Field(default_factory=Strategy, description="Rollout strategy for new versions.")
+    service: RouterService = Field(default_factory=RouterService,
+                                   description="How the router's Service is exposed.")
     service_monitor: bool = Field(False, description="Create a ServiceMonitor when its CRD exists.")
 
 

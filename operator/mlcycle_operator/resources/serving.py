@@ -6,6 +6,7 @@ from typing import Any
 
 from ..api.mlproject import MLProjectSpec
 from ..api.modeldeployment import ModelDeploymentSpec, VersionTraffic
+from ..units import parse_duration
 from . import common, project
 from .common import Meta
 
@@ -149,6 +150,8 @@ def hpa_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str) -> dict
             "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
             "metrics": metrics,
+            "behavior": {"scaleDown": {
+                "stabilizationWindowSeconds": int(parse_duration(scaling.scale_down_stabilization))}},
         },
     }
 
@@ -240,8 +243,10 @@ def router_service(spec: ModelDeploymentSpec, meta: Meta) -> dict[str, Any]:
         "metadata": {"name": meta.name, "namespace": meta.namespace,
                      "labels": common.labels(KIND, meta.name, "router", project=spec.project)},
         "spec": {
+            "type": spec.service.type,
             "selector": common.selector_labels(meta.name, "router"),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            "ports": [{"name": "http", "port": 80, "targetPort": "http",
+                       **({"nodePort": spec.service.node_port} if spec.service.node_port else {})}],
         },
     }
 
