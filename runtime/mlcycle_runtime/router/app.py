@@ -135,6 +135,7 @@ class Router:
                 f"{r.version}={r.weight}%{f' shadow {r.shadow_percent}%' if r.shadow_percent else ''} ({r.role})"
                 for r in new.routes) or "empty")
         self.table = new
+        self.metrics.announce(r.version for r in new.routes)
 
     async def _load_reference(self) -> None:
         """Keep the reference of config.reference_uri loaded; retry while it is unavailable (log once per URI)."""
@@ -149,6 +150,7 @@ class Router:
                     try:
                         data = await asyncio.to_thread(storage.read_json, uri, storage.REFERENCE)
                         self.metrics.set_reference(Reference.from_json(data))
+                        self.metrics.announce(r.version for r in self.table.routes)
                         self.reference_uri = uri
                         log.info("reference histograms loaded from %s", uri)
                     except Exception as err:

@@ -8,7 +8,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from mlcycle_runtime import metrics
-from mlcycle_runtime.reference import PREDICTION, Reference, bin_value
+from mlcycle_runtime.reference import MISSING, PREDICTION, Reference, bin_value
+from mlcycle_runtime.reference import Histogram as ReferenceHistogram
 
 
 class RouterMetrics:
@@ -33,6 +34,7 @@ class RouterMetrics:
         self._bin_children: dict[tuple[str, str, str], Any] = {}
         self._features: list[tuple[str, Any]] = []
         self._prediction: Any = None
+        self._versions: set[str] = set()  # versions whose bins exist (at 0 until hit) under this reference
 
     def request(self, version: str, code: int | str, seconds: float | None) -> None:
         key = (version, str(code))
@@ -59,6 +61,23 @@ class RouterMetrics:
         self._prediction = reference.prediction if reference else None
         # Bin labels of the old reference may mean other ranges now; forget the cached children, not the series.
         self._bin_children = {}
+        versions, self._versions = self._versions, set()
+        self.announce(versions)
+
+    def announce(self, versions: Iterable[str]) -> None:
+        """Create every bin series of these versions at 0, before their first request. Prometheus' increase()
+        cannot see what a series counted before its first scrape: series born on their first hit lost their
+        first counts, unevenly across bins, and drift showed on traffic drawn from the training data itself."""
+        histograms = [*self._features, *([(PREDICTION, self._prediction)] if self._prediction is not None else [])]
+        for version in versions:
+            if version in self._versions:
+                continue
+            self._versions.add(version)
+            for feature, histogram in histograms:
+                for label in _bin_labels(histogram):
+                    key = (version, feature, label)
+                    if key not in self._bin_children:
+                        self._bin_children[key] = self._bins.labels(*self._base, *key)
 
     @property
     def binning(self) -> bool:
@@ -74,6 +93,8 @@ class RouterMetrics:
     def observe_predict(self, version: str, records: Iterable[Any], predictions: Iterable[Any]) -> None:
         """Bin each record's features and each prediction against the reference histograms."""
         features = self._features
+        if version not in self._versions and self.binning:
+            self.announce([version])
         for record in records:
             if isinstance(record, dict):
                 for name, histogram in features:
@@ -81,3 +102,9 @@ class RouterMetrics:
         if self._prediction is not None:
             for score in predictions:
                 self._bin(version, PREDICTION, bin_value(self._prediction, score))
+
+
+def _bin_labels(histogram: ReferenceHistogram) -> list[str]:
+    """Every label bin_value can give for this histogram."""
+    outside = len(histogram.edges or []) if histogram.kind == "numeric" else len(histogram.categories or [])
+    return [*(str(i) for i in range(max(histogram.bins, outside + 1))), MISSING]

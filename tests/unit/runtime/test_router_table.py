@@ -263,3 +263,29 @@ def test_metrics_bin_features_and_predictions_against_the_reference():
     assert value("mlcycle_router_request_duration_seconds_bucket", version="v1", le="0.005") == 1
     assert value("mlcycle_router_request_duration_seconds_bucket", version="v1", le="0.003") == 0
     assert value("mlcycle_router_shadow_comparisons_total", version="v3", result="agree") == 1
+
+
+def test_every_bin_of_a_routed_version_exists_at_zero_before_its_first_request():
+    """A series born on its first hit loses what it counted before Prometheus first scraped it (increase()),
+    which showed as drift on unchanged traffic: every bin is exported at 0 as soon as the version is routed."""
+    metrics = RouterMetrics("ml", "churn")
+    metrics.announce(["v1"])  # routed before the reference is loaded: nothing to create yet
+    reference = Reference(rows=10, features={
+        "tenure": Histogram("numeric", [1, 1, 1, 1], edges=[10.0, 20.0, 30.0]),
+        "plan": Histogram("categorical", [1, 1, 0], categories=["basic", "pro"])},
+        prediction=Histogram("numeric", [1, 1, 1], edges=[0.25, 0.45]))
+    metrics.set_reference(reference)
+    metrics.announce(["v1", "v2"])
+    got = samples(metrics.registry)
+    bins = "mlcycle_router_feature_values_total"
+    series = {(dict(labels)["version"], dict(labels)["feature"], dict(labels)["bin"]): value
+              for (name, labels), value in got.items() if name == bins}
+    expected = {(v, f, b) for v in ("v1", "v2") for f, labels in (
+        ("tenure", ["0", "1", "2", "3", "missing"]), ("plan", ["0", "1", "2", "missing"]),
+        ("prediction", ["0", "1", "2", "missing"])) for b in labels}
+    assert set(series) == expected
+    assert set(series.values()) == {0.0}
+    metrics.observe_predict("v1", [{"tenure": 15, "plan": "pro"}], [0.3])
+    after = samples(metrics.registry)
+    assert after[(bins, frozenset({"namespace": "ml", "deployment": "churn", "version": "v1", "feature": "tenure",
+                                   "bin": "1"}.items()))] == 1
