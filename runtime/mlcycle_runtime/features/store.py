@@ -322,5 +322,14 @@ def materialize(repo_path: str | Path, end: datetime | str | None = None,
             store.materialize(start_date=begin, end_date=end_time)
     except FeastError as err:
         raise FeatureStoreError(_one_line(err)) from None
+    except Exception as err:
+        # The online store is another service (Redis): unreachable, it raised its client's own error, which
+        # surfaced as a traceback that never named the store.
+        online = store.config.online_store
+        where = getattr(online, "connection_string", None) or getattr(online, "path", None) or online.type
+        if type(err).__module__.split(".")[0] not in ("redis", "sqlite3"):
+            raise
+        raise FeatureStoreError(f"the online store ({online.type} at {where}) cannot be written: "
+                                f"{_one_line(err)}") from None
     store.refresh_registry()
     return [(v.name, v.most_recent_end_time) for v in store.list_feature_views()]

@@ -165,6 +165,22 @@ def test_online_features_from_redis(redis_server, data, tmp_path):
     _check_online(repo, data)
 
 
+def test_materializing_into_a_redis_nobody_runs_fails_in_one_line_naming_it(data, tmp_path):
+    """The example names a Redis the cluster may not have: the job says so instead of a client traceback."""
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    repo = _repo(tmp_path / "repo", {"type": "redis", "connection_string": address})
+    apply(repo, definitions=DEFINITIONS, data=data["dir"])
+    result = _cli("materialize", "--repo", str(repo))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: the online store (redis at {address}) cannot be written: "), error
+
+
 def test_cli_refuses_a_directory_without_feature_store_yaml(tmp_path):
     result = _cli("apply", "--repo", str(tmp_path), "--definitions", str(DEFINITIONS))
     assert result.returncode == 1
