@@ -12,7 +12,9 @@ from __future__ import annotations
 import functools
 import numbers
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -268,6 +270,14 @@ def apply(repo_path: str | Path, definitions: str | Path | None = None, data: st
     directory = Path(definitions or repo_path).resolve()
     if not directory.is_dir():
         raise FeatureStoreError(f"definitions directory {directory} does not exist")
+    if (directory / "..data").is_dir():
+        # A ConfigMap (or Secret) volume: each file is a link into the kubelet's ..data/..<timestamp> directories,
+        # which Feast's scan would import a second time under a module name starting with dots.
+        with tempfile.TemporaryDirectory(prefix="feast-definitions-") as plain:
+            for entry in directory.iterdir():
+                if not entry.name.startswith("..") and entry.is_file():
+                    shutil.copyfile(entry, Path(plain) / entry.name)
+            return apply(repo_path, definitions=plain, data=data)
     files = get_repo_files(directory)
     if not files:
         raise FeatureStoreError(f"no Feast definitions (*.py) in {directory}")

@@ -165,6 +165,21 @@ def test_online_features_from_redis(redis_server, data, tmp_path):
     _check_online(repo, data)
 
 
+def test_definitions_mounted_from_a_configmap_apply(data, tmp_path):
+    """A ConfigMap volume as the kubelet lays it out: each file a link into ..data, itself a link to a
+    ..<timestamp> directory. Feast's own scan imported those a second time, as modules named with dots."""
+    mount = tmp_path / "definitions"
+    stamped = mount / "..2026_12_06_00_00_00.000000001"
+    stamped.mkdir(parents=True)
+    shutil.copyfile(DEFINITIONS / "features.py", stamped / "features.py")
+    (mount / "..data").symlink_to(stamped.name)
+    (mount / "features.py").symlink_to("..data/features.py")
+    repo = _repo(tmp_path / "repo", {"type": "sqlite", "path": str(tmp_path / "online.db")})
+    apply(repo, definitions=mount, data=data["dir"])
+    views = dict(materialize(repo, start=data["customers"].event_timestamp.min()))
+    assert set(views) == {"customer_profile", "customer_usage"}
+
+
 def test_materializing_into_a_redis_nobody_runs_fails_in_one_line_naming_it(data, tmp_path):
     """The example names a Redis the cluster may not have: the job says so instead of a client traceback."""
     import socket
