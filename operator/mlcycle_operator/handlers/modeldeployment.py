@@ -17,7 +17,7 @@ from ..api.mlproject import MLProjectSpec
 from ..api.modeldeployment import Analysis, ModelDeploymentSpec, ModelDeploymentStatus, Shadow
 from ..metrics import ROLLOUT_DECISIONS, reconciling
 from ..resources import serving as builders
-from ..resources.common import CONFIG_FILE, LABEL_COMPONENT, LABEL_INSTANCE, Meta
+from ..resources.common import CONFIG_FILE, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_OWNER_KIND, Meta
 from ..units import parse_duration
 from . import _children, _events, _status
 from ._cache import Cache
@@ -89,12 +89,15 @@ def _serving_state(body: kopf.Body, meta: Meta, cache: Cache) -> tuple[set[str],
     return existing, ready, ready_replicas, desired_replicas
 
 
-def _server_problems(meta: Meta, ready_replicas: int, desired_replicas: int) -> list[diagnose.Problem]:
-    """What keeps model servers from becoming ready (an image that cannot be pulled, no node that fits, OOM
-    kills), read from their pods only while a replica is missing."""
-    if ready_replicas >= desired_replicas:
+def _pod_problems(meta: Meta, cache: Cache, ready_replicas: int, desired_replicas: int) -> list[diagnose.Problem]:
+    """What keeps model servers or the router from becoming ready (an image that cannot be pulled, no node that
+    fits, OOM kills), read from the deployment's pods only while a server replica or the router is missing."""
+    router = cache.read("apps/v1", "Deployment", meta.namespace, builders.router_name(meta.name))
+    router_status = (router or {}).get("status") or {}
+    router_missing = router is not None and router_status.get("readyReplicas", 0) < router["spec"].get("replicas", 1)
+    if ready_replicas >= desired_replicas and not router_missing:
         return []
-    selector = ",".join(f"{k}={v}" for k, v in server_selector(meta).items())
+    selector = f"{LABEL_INSTANCE}={meta.name},{LABEL_OWNER_KIND}=modeldeployment"
     return diagnose.pod_problems(kube.list_objects("v1", "Pod", meta.namespace, selector),
                                  memory_hint="raise serving.resources.memory")
 
@@ -236,7 +239,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
                                       ("policy/v1", "PodDisruptionBudget")):
                 _children.prune(body, cache, api_version, kind, meta.namespace, server_selector(meta), keep)
 
-        problems = _server_problems(meta, ready_replicas, desired_replicas)
+        problems = _pod_problems(meta, cache, ready_replicas, desired_replicas)
         new = _status_from(decision, current, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions),
                            problems)
         new["retiring"] = retiring or None
