@@ -10,7 +10,10 @@ sample prediction, the model in service and the history, then stops everything i
 loop serving N more seconds first).
 
 With Docker and kind on PATH (and MLCYCLE_DEMO_LOCAL unset), it creates a kind cluster from kind-config.yaml,
-builds and loads the operator and runtime images, installs the chart with its Prometheus and applies the example.
+builds and loads the operator and runtime images, installs the chart with its Prometheus and applies the example
+(public images pulled as usual). MLCYCLE_DEMO=kind runs the same loop as the local path on a kind cluster whose
+every image is built on this machine (no registry needed), clients calling the router on localhost:8080;
+MLCYCLE_DEMO=local forces the local path.
 
 Without root, the process node cannot run pods: the demo then shows the control-plane half only (KWOK pods run
 nothing) and says so.
@@ -90,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=float, default=0, help="seconds to keep the loop serving at the end")
     args = parser.parse_args(argv)
-    if shutil.which("kind") and shutil.which("docker") and not os.environ.get("MLCYCLE_DEMO_LOCAL"):
+    mode = os.environ.get("MLCYCLE_DEMO", "")
+    if mode == "kind":
+        return kind_built_here(args.keep)
+    if (mode != "local" and shutil.which("kind") and shutil.which("docker")
+            and not os.environ.get("MLCYCLE_DEMO_LOCAL")):
         return kind_demo()
     directory = DEFAULT_DIR
     existing = LocalCluster.from_state(directory)
@@ -130,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 def closed_loop(cluster: LocalCluster, kubectl, claim_dir: Path, keep: float) -> int:
     from kubernetes import client, config
 
-    from tests.harness.loop import ClosedLoop, LoopError
+    from tests.harness.loop import ClosedLoop
     from tests.harness.prometheus import Prometheus
     from tests.integration.helpers import Mlcycle
 
@@ -151,9 +158,20 @@ def closed_loop(cluster: LocalCluster, kubectl, claim_dir: Path, keep: float) ->
     ml = Mlcycle(api, NAMESPACE)
     loop = ClosedLoop(ml, claim_dir, logs=lambda pod: node.logs(NAMESPACE, pod), say=say)
     try:
+        return run_loop(loop, ml, kubectl, keep, where="on the process node")
+    finally:
+        node.stop()
+        prometheus.stop()
+
+
+def run_loop(loop, ml, kubectl, keep: float, where: str) -> int:
+    """The loop's steps, narrated; the report at the end whatever happened."""
+    from tests.harness.loop import LoopError
+
+    try:
         step(f"applying the churn example (tuned for minutes: tests/harness/loop.py) to namespace {NAMESPACE}")
         loop.start()
-        step("v1 trains (Ray, on the process node) and must pass its gates")
+        step(f"v1 trains (Ray, {where}) and must pass its gates")
         loop.first_model()
         step("v1 is served (bentoml serve) behind the router")
         loop.serve()
@@ -172,9 +190,49 @@ def closed_loop(cluster: LocalCluster, kubectl, claim_dir: Path, keep: float) ->
             say(f"serving for {keep:.0f} more seconds: try `curl -s {loop.url}/predict -d ...`")
             time.sleep(keep)
         loop.finish()
-        node.stop()
-        prometheus.stop()
     return 0
+
+
+def kind_built_here(keep: float) -> int:
+    """MLCYCLE_DEMO=kind: the loop on a kind cluster from kind-config.yaml, every image built on this machine
+    (tests/harness/kind.py: no registry is reachable here), the chart installed with its Prometheus, clients
+    calling the router on localhost:8080. The cluster is deleted at the end (`kind-down` if interrupted)."""
+    from kubernetes import config
+
+    from tests.harness import kind, kind_loop
+    from tests.harness.loop import ClosedLoop
+    from tests.integration.helpers import Mlcycle
+
+    cluster = kind.KindCluster(name="mlcycle", directory=binaries.cache_root() / "kind" / "mlcycle")
+    step("building every image here (kind's node image and the chart's Prometheus and metrics-server from their Go "
+         "modules, the operator and runtime images from their Dockerfiles), then the cluster of kind-config.yaml")
+    try:
+        project = kind_loop.bring_up(cluster, log=say)
+    except kind.BuildError as err:
+        print(f"the kind cluster could not be made: {err}", file=sys.stderr)
+        cluster.delete(log=say)
+        return 1
+    say(f"export KUBECONFIG={cluster.kubeconfig}")
+
+    def kubectl(*args: str, input: str | None = None, check: bool = True) -> str:
+        done = cluster.kubectl_run(*args, check=False, input=input)
+        if check and done.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout if done.returncode == 0 else f"(kubectl {' '.join(args)}: {done.stderr.strip()})\n"
+
+    try:
+        kubectl("create", "namespace", NAMESPACE)
+        api = config.new_client_from_config(str(cluster.kubeconfig))
+        ml = Mlcycle(api, NAMESPACE)
+        loop = ClosedLoop(ml, None, say=say, put=kind_loop.ClaimWriter(cluster, NAMESPACE, "churn-models",
+                                                                       project.runtime),
+                          logs=lambda pod: kubectl("logs", "-n", NAMESPACE, pod, "--tail=20", check=False),
+                          router_url=kind_loop.ROUTER_URL, spec=kind_loop.manifests())
+        say(f"the chart's Prometheus: {kind_loop.PROMETHEUS_URL}")
+        return run_loop(loop, ml, kubectl, keep, where="in a container on a kind worker")
+    finally:
+        step("deleting the kind cluster")
+        cluster.delete(log=say)
 
 
 def report(loop, ml, kubectl) -> None:

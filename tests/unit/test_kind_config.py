@@ -62,3 +62,16 @@ def test_the_docker_shim_exists_only_where_privileged_cannot_work(machine, tmp_p
     text = (shim / "docker").read_text()
     assert "--cap-drop=SYS_RESOURCE" in text and "--cap-add=ALL" in text
     assert text.rstrip().endswith('exec /usr/bin/docker "${args[@]}"')
+
+
+def test_the_loop_on_kind_changes_only_the_claim_mode_and_the_router_service():
+    from tests.harness import kind_loop, loop
+
+    base, on_kind = loop.manifests(), kind_loop.manifests()
+    assert on_kind["MLProject"]["spec"]["storage"]["pvc"]["accessMode"] == "ReadWriteOnce"
+    assert on_kind["ModelDeployment"]["spec"]["service"] == {"type": "NodePort", "nodePort": 30080}
+    del on_kind["MLProject"]["spec"]["storage"]["pvc"]["accessMode"]
+    if not on_kind["MLProject"]["spec"]["storage"]["pvc"]:
+        del on_kind["MLProject"]["spec"]["storage"]["pvc"]
+    del on_kind["ModelDeployment"]["spec"]["service"]
+    assert on_kind == base

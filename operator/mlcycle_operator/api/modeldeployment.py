@@ -93,7 +93,8 @@ class AnalysisMetric(ApiModel):
     type: Literal["errorRate", "latencyP99", "predictionDrift", "promql"] = Field(
         description="Built-in measurement, or promql for your own query."
     )
-    query: str | None = Field(None, description="PromQL returning one number; {{version}} is substituted.")
+    query: str | None = Field(None, description="PromQL returning one number; {{version}}, {{namespace}} and "
+                                                "{{deployment}} are substituted.")
     threshold: float = Field(description="Limit the value is compared against.")
     comparison: Literal["lessThan", "greaterThan"] = Field("lessThan", description="Healthy when value < or > limit.")
 
