@@ -35,6 +35,9 @@ NO_DRIFT = "NoDrift"
 DRIFT = "DriftFound"
 NOT_ENOUGH_SAMPLES = "NotEnoughSamples"
 DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
+STORAGE_NOT_BOUND = "StorageNotBound"
+STORAGE_IMMUTABLE = "StorageSpecImmutable"
+AUTOSCALING_INACTIVE = "AutoscalingInactive"
 
 
 def now() -> datetime:

@@ -32,8 +32,9 @@ class TrainingObservation:
 
 
 TRAINING_MEMORY_HINT = "raise distribution.memoryPerWorker"
-# The reasons pod_problems gives: a condition with one of them lasts only as long as the pods show it.
-POD_REASONS = (cond.IMAGE_PULL, cond.UNSCHEDULABLE, cond.OOM_KILLED)
+# The reasons pod_problems and autoscaler_problems give: a condition with one of them lasts only as long as the
+# pods (or the autoscalers) show it.
+POD_REASONS = (cond.IMAGE_PULL, cond.UNSCHEDULABLE, cond.OOM_KILLED, cond.AUTOSCALING_INACTIVE)
 
 
 def pod_problems(pods: list[dict[str, Any]], memory_hint: str = TRAINING_MEMORY_HINT) -> list[Problem]:
@@ -60,6 +61,27 @@ def pod_problems(pods: list[dict[str, Any]], memory_hint: str = TRAINING_MEMORY_
                                             f"memory (OOMKilled at its limit of {limit or 'no limit'}): "
                                             f"{memory_hint}", True))
                     break
+    return problems
+
+
+# A new version's autoscaler has no metrics until metrics-server has scraped its pods (about a minute): only a
+# condition that lasts longer than this is a problem worth a Warning.
+AUTOSCALER_GRACE_SECONDS = 120
+
+
+def autoscaler_problems(autoscalers: list[dict[str, Any]], now: str) -> list[Problem]:
+    """Autoscalers that cannot scale, in their controller's words, once that has lasted AUTOSCALER_GRACE_SECONDS:
+    most often no resource metrics API in the cluster (metrics-server not installed), so the servers stay at
+    their minimum under any load. A target at zero replicas (ScalingDisabled) is no problem."""
+    problems = []
+    for hpa in autoscalers:
+        for c in (hpa.get("status") or {}).get("conditions") or []:
+            if (c.get("type") in ("ScalingActive", "AbleToScale") and c.get("status") == "False"
+                    and c.get("reason") != "ScalingDisabled"
+                    and _seconds_between(c.get("lastTransitionTime") or "", now) >= AUTOSCALER_GRACE_SECONDS):
+                problems.append(Problem(cond.AUTOSCALING_INACTIVE, f"autoscaler {hpa['metadata']['name']} cannot "
+                                        f"scale ({c.get('reason')}): {(c.get('message') or '').strip()}", False))
+                break
     return problems
 
 

@@ -103,9 +103,11 @@ def get(api_version: str, kind: str, namespace: str | None, name: str) -> dict[s
         raise
 
 
-def list_objects(api_version: str, kind: str, namespace: str | None,
-                 label_selector: str | None = None) -> list[dict[str, Any]]:
+def list_objects(api_version: str, kind: str, namespace: str | None, label_selector: str | None = None,
+                 field_selector: str | None = None) -> list[dict[str, Any]]:
     query = [("labelSelector", label_selector)] if label_selector else []
+    if field_selector:
+        query.append(("fieldSelector", field_selector))
     return _call("GET", path(api_version, kind, namespace), query=query).get("items", [])
 
 

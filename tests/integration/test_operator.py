@@ -55,7 +55,7 @@ def test_project_provisions_identity_feature_store_and_storage(ml: Mlcycle):
     assert owned_by(fs, project)
     feature_store = yaml.safe_load(fs.data["feature_store.yaml"])
     assert feature_store["project"] == "churn"
-    assert feature_store["online_store"] == {"type": "redis", "connection_string": "redis.mlcycle-system.svc:6379"}
+    assert feature_store["online_store"] == {"type": "sqlite", "path": "/mnt/pvc/churn-models/feast/online.db"}
     cron = ml.batch.read_namespaced_cron_job("mlcycle-churn-materialize", ml.namespace)
     assert cron.spec.schedule == "*/30 * * * *" and owned_by(cron, project)
     pod = cron.spec.job_template.spec.template.spec
@@ -63,6 +63,44 @@ def test_project_provisions_identity_feature_store_and_storage(ml: Mlcycle):
     pvc = ml.core.read_namespaced_persistent_volume_claim("churn-models", ml.namespace)
     assert not pvc.metadata.owner_references, "the model store must outlive the project"
     ml.wait_event("churn", lambda e: "ChildrenApplied" in e, "a ChildrenApplied Event")
+
+
+def test_a_claim_that_cannot_bind_or_change_is_said_in_the_projects_status(ml: Mlcycle):
+    """The real PV controller's words reach the MLProject: a class that does not exist keeps its claim Pending
+    (Ready False, StorageNotBound). A bound claim asked for another access mode is Degraded naming the change,
+    and nothing is sent: the API server refuses a claim's new access mode (422) on every retry."""
+    lost = copy.deepcopy(EXAMPLES["MLProject"])
+    lost["metadata"]["name"] = "lost-store"
+    lost["spec"]["storage"] = {"uri": "pvc://lost-models/artifacts",
+                               "pvc": {"size": "1Gi", "storageClassName": "no-such-class"}}
+    ml.create(lost)
+    status = wait_for(lambda: (s := ml.status("MLProject", "lost-store")).get("phase") == "Degraded" and s,
+                      timeout=60, what="MLProject Degraded by its claim")
+    ready = condition(status, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "StorageNotBound", ready
+    assert 'storageclass.storage.k8s.io "no-such-class" not found' in ready["message"], ready
+    assert status["storage"]["claim"] == "lost-models" and status["storage"]["phase"] == "Pending"
+    ml.wait_event("lost-store", lambda e: e.startswith("StorageNotBound: claim lost-models"),
+                  "a StorageNotBound Event")
+
+    ml.create(EXAMPLES["MLProject"])  # churn-models: the fixture's volume binds it
+    status = wait_for(lambda: (s := ml.status("MLProject", "churn")).get("storage", {}).get("phase") == "Bound"
+                      and s["phase"] == "Ready" and s, timeout=60, what="the churn project's claim Bound")
+    assert status["storage"]["message"].startswith("bound to volume models-")
+    claim_version = ml.core.read_namespaced_persistent_volume_claim("churn-models", ml.namespace).metadata
+    ml.objects.patch_namespaced_custom_object(GROUP, VERSION, ml.namespace, "mlprojects", "churn",
+                                              {"spec": {"storage": {"pvc": {"accessMode": "ReadWriteOnce"}}}})
+    status = wait_for(lambda: (s := ml.status("MLProject", "churn")).get("phase") == "Degraded" and s,
+                      timeout=30, what="MLProject Degraded by a change its claim cannot take")
+    degraded = condition(status, "Degraded")
+    assert degraded["reason"] == "StorageSpecImmutable", degraded
+    assert "access mode ReadWriteOnce (the claim has ReadWriteMany)" in degraded["message"]
+    assert condition(status, "Ready")["status"] == "True"  # the models are still there to read and write
+    time.sleep(3)
+    after = ml.core.read_namespaced_persistent_volume_claim("churn-models", ml.namespace)
+    assert after.metadata.resource_version == claim_version.resource_version, "the claim was written to"
+    failures = [e for e in ml.events("churn") if "failed" in e.lower()]
+    assert not failures, f"the reconcile failed (a refused patch retried): {failures}"
 
 
 def test_training_job_runs_as_a_job_and_explains_a_silent_exit(ml: Mlcycle):
@@ -134,12 +172,19 @@ def test_the_loop_in_resources(ml: Mlcycle):
     pod = server.spec.template.spec
     assert pod.containers[0].command[:3] == ["python", "-m", "mlcycle_runtime.serve"]
     assert pod.containers[0].security_context.read_only_root_filesystem
-    assert pod.containers[0].resources.limits == {"cpu": "500m", "memory": "512Mi"}
+    assert pod.containers[0].resources.limits == {"cpu": "250m", "memory": "512Mi"}
     assert owned_by(ml.apps.read_namespaced_deployment("churn-router", ml.namespace), md)
     assert owned_by(ml.core.read_namespaced_service("churn", ml.namespace), md)
     hpa = client.AutoscalingV2Api(ml.core.api_client).read_namespaced_horizontal_pod_autoscaler("churn-v-v1",
                                                                                                 ml.namespace)
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 6)
+    # This cluster has no resource metrics API (no metrics-server): the autoscaler cannot scale, and once that has
+    # lasted two minutes the ModelDeployment says so in the HPA controller's words, while it serves.
+    status = wait_for(lambda: (condition(s := ml.status("ModelDeployment", "churn"), "Degraded") or {}).get("reason")
+                      == "AutoscalingInactive" and s, timeout=240, what="Degraded AutoscalingInactive")
+    assert status["phase"] == "Available" and condition(status, "Ready")["status"] == "True"
+    assert "autoscaler churn-v-v1 cannot scale" in condition(status, "Degraded")["message"]
+    assert "metrics" in condition(status, "Degraded")["message"]
     assert owned_by(client.PolicyV1Api(ml.core.api_client).read_namespaced_pod_disruption_budget(
         "churn-v-v1", ml.namespace), md)
     routes = ml.core.read_namespaced_config_map("churn-router", ml.namespace).data["config.json"]

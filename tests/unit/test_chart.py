@@ -237,13 +237,14 @@ GROUPS = {
 }
 # What the operator does with each kind: kube.py issues get/list/create/patch/delete (never update); Kopf
 # lists, watches and patches the four mlcycle kinds and watches the children it caches (handlers/_cache.py);
-# pods are only read, Events only posted, and the only mlcycle object the operator creates is a retraining
+# pods are only read, Events posted and listed (why a model-store claim is Pending), and the only mlcycle object
+# the operator creates is a retraining
 # TrainingJob. The optional APIs (RayJob, ServiceMonitor, PrometheusRule) are not cached, so not watched.
 CHILD_VERBS = {"get", "list", "create", "patch", "delete"}
 VERBS = {
     **{kind: CHILD_VERBS | {"watch"} for kind in CHILD_KINDS},
     "Pod": {"get", "list"},
-    "Event": {"create"},
+    "Event": {"create", "list"},
     "MLProject": {"get", "list", "watch", "patch"},
     "TrainingJob": {"get", "list", "watch", "patch", "create"},
     "ModelDeployment": {"get", "list", "watch", "patch"},

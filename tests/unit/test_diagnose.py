@@ -456,3 +456,40 @@ def test_a_failed_ray_job_fails_the_training_job():
                           "message": "The RayJob has passed the activeDeadlineSeconds."}}
     observed = observe(running_status({"phase": "Training"}), workload=ray_job, now=stamp(3600))
     assert observed.status["phase"] == "Failed"
+
+
+# --- autoscalers (ModelDeployment status) ----------------------------------------------------------------------
+
+
+def hpa(*conditions: dict) -> dict:
+    return {"metadata": {"name": "churn-v1"}, "status": {"conditions": [{"lastTransitionTime": stamp(-300), **c}
+                                                                        for c in conditions]}}
+
+
+def test_an_autoscaler_without_a_metrics_api_says_so_in_its_controllers_words():
+    missing = ("the HPA was unable to compute the replica count: failed to get cpu utilization: unable to get "
+               "metrics for resource cpu: unable to fetch metrics from resource metrics API: the server could not "
+               "find the requested resource (get pods.metrics.k8s.io)")
+    inactive = hpa({"type": "AbleToScale", "status": "True", "reason": "SucceededGetScale"},
+                   {"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
+                    "message": missing})
+    problems = diagnose.autoscaler_problems([inactive], NOW)
+    assert problems == [Problem(cond.AUTOSCALING_INACTIVE,
+                                f"autoscaler churn-v1 cannot scale (FailedGetResourceMetric): {missing}", False)]
+    assert cond.AUTOSCALING_INACTIVE in diagnose.POD_REASONS  # goes when the autoscaler recovers
+
+
+def test_an_autoscaler_that_scales_or_is_disabled_or_new_is_no_problem():
+    assert diagnose.autoscaler_problems([
+        hpa({"type": "AbleToScale", "status": "True"}, {"type": "ScalingActive", "status": "True"}),
+        hpa({"type": "ScalingActive", "status": "False", "reason": "ScalingDisabled"}),
+        {"metadata": {"name": "churn-v2"}},
+    ], NOW) == []
+
+
+def test_a_new_autoscaler_without_metrics_yet_is_given_time():
+    """metrics-server has not scraped a new version's pods yet: no metrics for a minute or so."""
+    young = hpa({"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
+                 "message": "no metrics returned from resource metrics API", "lastTransitionTime": stamp(-60)})
+    assert diagnose.autoscaler_problems([young], NOW) == []
+    assert len(diagnose.autoscaler_problems([young], stamp(diagnose.AUTOSCALER_GRACE_SECONDS))) == 1

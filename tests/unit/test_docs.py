@@ -26,7 +26,7 @@ PAGES = {kind: DOCS / f"{kind.lower()}.md" for kind in KINDS}
 TROUBLESHOOTING = DOCS / "troubleshooting.md"
 # Which kind's page explains the reasons a module writes; the shared handler helpers may be explained anywhere.
 MODULE_KIND = {
-    "handlers/mlproject.py": "MLProject",
+    "handlers/mlproject.py": "MLProject", "storage.py": "MLProject",
     "handlers/trainingjob.py": "TrainingJob", "diagnose.py": "TrainingJob",
     "handlers/modeldeployment.py": "ModelDeployment", "rollout.py": "ModelDeployment",
     "handlers/driftmonitor.py": "DriftMonitor", "retraining.py": "DriftMonitor",

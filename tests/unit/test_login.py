@@ -38,12 +38,13 @@ def login() -> kopf.KubeContext | None:
     return asyncio.run(run())
 
 
-@pytest.mark.parametrize(("namespaces", "watches"), [("", 7), ("a,b", 13)])
+@pytest.mark.parametrize(("namespaces", "watches"), [("", 8), ("a,b", 15)])
 def test_the_pool_holds_every_watch_and_the_requests(kubeconfig, monkeypatch, namespaces, watches):
     monkeypatch.setenv("MLCYCLE_WATCH_NAMESPACES", namespaces)
     monkeypatch.setenv("MLCYCLE_API_CONNECTIONS", "20")
     context, limit, headers = login()
-    # Six kinds watched (the four mlcycle kinds, Deployments, Jobs) per namespace, and peering.
+    # Seven kinds watched (the four mlcycle kinds, Deployments, Jobs, HorizontalPodAutoscalers) per namespace,
+    # and peering.
     assert limit == watches + 20
     assert context.server == "https://127.0.0.1:6443" and context.default_namespace == "ml"
     assert headers["Authorization"] == "Bearer t0ken"

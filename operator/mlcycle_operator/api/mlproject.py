@@ -137,6 +137,14 @@ class ProjectCounts(ApiModel):
     drift_monitors: int = Field(0, description="DriftMonitors of the project.")
 
 
+class StorageStatus(ApiModel):
+    """The model store's claim as the cluster has it (pvc:// storage)."""
+
+    claim: str = Field(description="The PersistentVolumeClaim's name.")
+    phase: str = Field(description="The claim's phase: Pending, Bound or Lost.")
+    message: str | None = Field(None, description="Its volume, or why it is not bound (the provisioner's words).")
+
+
 class MLProjectStatus(StatusBase):
     """Observed state of an MLProject."""
 
@@ -144,3 +152,4 @@ class MLProjectStatus(StatusBase):
     counts: ProjectCounts | None = Field(None, description="Resources that belong to the project.")
     champion: Champion | None = Field(None, description="The model in service, if any.")
     service_account: str | None = Field(None, description="ServiceAccount the project's workloads run as.")
+    storage: StorageStatus | None = Field(None, description="The model store's claim, for pvc:// storage.")

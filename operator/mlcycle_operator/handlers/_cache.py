@@ -27,11 +27,13 @@ from ..resources.common import MANAGED_BY
 MANAGED = {"app.kubernetes.io/managed-by": MANAGED_BY}
 
 # Children by kind: the kinds whose status the operator reads (servers becoming available, training Jobs
-# progressing), so that reading them costs no request. Other children are not watched: only a reconcile of an
-# existing object reads them, and a new object's children are created without reading (_children.apply_owned).
+# progressing, autoscalers able to scale), so that reading them costs no request. Other children are not
+# watched: only a reconcile of an existing object reads them, and a new object's children are created without
+# reading (_children.apply_owned).
 CHILD_KINDS = {
     "Deployment": ("apps", "v1", "deployments"),
     "Job": ("batch", "v1", "jobs"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),  # whether they can scale
 }
 
 

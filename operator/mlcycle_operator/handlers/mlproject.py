@@ -8,11 +8,14 @@ from typing import Any
 import kopf
 
 from .. import conditions as cond
+from .. import kube, storage
 from ..api.common import GROUP, VERSION
 from ..api.mlproject import MLProjectSpec
+from ..diagnose import Problem
 from ..metrics import reconciling
 from ..resources import project as builders
 from ..resources.common import LABEL_INSTANCE, LABEL_OWNER_KIND, Meta
+from ..resources.compare import Action
 from . import _children, _events, _status
 from ._cache import Cache
 
@@ -32,17 +35,18 @@ def mlproject_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, p
         project = _status.parse_spec(MLProjectSpec, spec, body, patch, status)
         meta = Meta.of(body)
         desired = builders.children(project, meta, runtime_image(project, memo))
-        # The model store outlives the project: deleting an MLProject must never delete its models.
-        pvc = [c for c in desired if c["kind"] == "PersistentVolumeClaim"]
         cache = Cache(kwargs)
-        _children.apply_owned(body, pvc, cache, owned=False)
+        claim = next((c for c in desired if c["kind"] == "PersistentVolumeClaim"), None)
+        if claim is not None:
+            _apply_claim(body, claim)
         _children.apply_owned(body, [c for c in desired if c["kind"] != "PersistentVolumeClaim"], cache)
         if project.feature_store is None or not project.feature_store.materialization.enabled:
             _children.prune(body, cache, "batch/v1", "CronJob", meta.namespace,
                             {LABEL_INSTANCE: meta.name, LABEL_OWNER_KIND: "mlproject"}, keep=set())
-        new = _observed(project, meta, dict(status or {}), cache)
-        if _status.write(patch, status, new) and (status or {}).get("phase") != new["phase"]:
-            _events.normal(body, cond.RECONCILED, f"MLProject is {new['phase']}")
+        old = dict(status or {})
+        new = _observed(project, meta, old, cache, _storage(project, meta, old, read=True))
+        if _status.write(patch, status, new):
+            _announce(body, old, new)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=30, initial_delay=5, idle=5)
@@ -50,23 +54,93 @@ def mlproject_observe(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
                       **kwargs: Any) -> None:
     """Level-based: the counts and the champion change when other objects change, not this one (read from the
     cache: no API reads however many objects the project has)."""
-    project = MLProjectSpec.model_validate(dict(spec))
-    _status.write(patch, status, _observed(project, Meta.of(body), dict(status or {}), Cache(kwargs)))
+    project, meta, old = MLProjectSpec.model_validate(dict(spec)), Meta.of(body), dict(status or {})
+    new = _observed(project, meta, old, Cache(kwargs), _storage(project, meta, old, read=False, body=body))
+    if _status.write(patch, status, new):
+        _announce(body, old, new)
 
 
-def _observed(project: MLProjectSpec, meta: Meta, old: dict[str, Any], cache: Cache) -> dict[str, Any]:
+def _announce(body: kopf.Body, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """A new phase as a Normal Event; a new problem (Degraded for another reason) as a Warning naming it."""
+    if old.get("phase") != new["phase"]:
+        _events.normal(body, cond.RECONCILED, f"MLProject is {new['phase']}")
+    degraded, before = (cond.get_condition(c.get("conditions"), cond.DEGRADED) for c in (new, old))
+    if degraded is not None and (before is None or before.get("reason") != degraded["reason"]):
+        _events.warning(body, degraded["reason"], degraded["message"])
+
+
+def _apply_claim(body: kopf.Body, claim: dict[str, Any]) -> None:
+    """Create the model store's claim when it is missing. Not owned: deleting an MLProject must never delete its
+    models. A claim that exists takes only what a claim can take (labels, a larger size where its class allows
+    expansion); any other difference is said in status (storage.observe_claim) and never sent, since the API
+    server would refuse it (422) on every retry."""
+    meta = claim["metadata"]
+    existing = kube.get("v1", "PersistentVolumeClaim", meta["namespace"], meta["name"])
+    if existing is not None and storage.claim_changes(claim, existing):
+        return
+    try:
+        action = kube.apply(claim, existing)
+    except kube.ApiException as err:
+        if existing is None or err.status not in (403, 422):
+            raise
+        _events.warning(body, "StorageResizeRefused", f"claim {meta['name']} was not changed: {kube.refusal(err)}")
+        return
+    if action is not Action.UNCHANGED:
+        verb = "Created" if action is Action.CREATE else "Updated"
+        _events.normal(body, "ChildrenApplied", f"{verb} PersistentVolumeClaim/{meta['name']}")
+
+
+def _storage(project: MLProjectSpec, meta: Meta, old: dict[str, Any], read: bool,
+             body: kopf.Body | None = None) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """The claim as status, and its problems. The timer reads the claim (and its Events) only until it is Bound
+    and well; then status keeps what was seen, so settled projects cost no reads. Given `body`, a claim found
+    missing is made again (a person deleted it to change what a claim cannot change, as status told them)."""
+    claim = builders.storage_pvc(project, meta)
+    if claim is None:
+        return None, []
+    previous = old.get("storage")
+    if (not read and previous and previous.get("phase") == "Bound"
+            and not cond.is_true(old.get("conditions"), cond.DEGRADED)):
+        return previous, []
+    name = claim["metadata"]["name"]
+    existing = kube.get("v1", "PersistentVolumeClaim", meta.namespace, name)
+    if existing is None and body is not None:
+        _apply_claim(body, claim)
+        existing = kube.get("v1", "PersistentVolumeClaim", meta.namespace, name)
+    events: list[dict[str, Any]] = []
+    if existing is not None and (existing.get("status") or {}).get("phase") != "Bound":
+        uid = existing["metadata"].get("uid")
+        selector = f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={name}"
+        events = [e for e in kube.list_objects("v1", "Event", meta.namespace, field_selector=selector)
+                  if (e.get("involvedObject") or {}).get("uid") in (None, uid)]  # not a deleted claim's
+    return storage.observe_claim(claim, existing, events)
+
+
+def _observed(project: MLProjectSpec, meta: Meta, old: dict[str, Any], cache: Cache,
+              store: tuple[dict[str, Any] | None, list[Problem]]) -> dict[str, Any]:
     def mine(kind: str) -> list[dict[str, Any]]:
         return cache.members(kind, meta.namespace, meta.name)
 
     jobs, deployments, monitors = mine("TrainingJob"), mine("ModelDeployment"), mine("DriftMonitor")
     running = [j for j in jobs if j.get("phase") not in ("Succeeded", "Failed")]
-    conditions = cond.set_condition(list(old.get("conditions", [])), cond.READY, True, cond.RECONCILED,
-                                    "Workload identity, feature store config and storage are provisioned.",
-                                    meta.generation)
-    conditions = [c for c in conditions if c["type"] != cond.DEGRADED]
-    return {
+    claim, problems = store
+    unbound = [p for p in problems if p.reason == cond.STORAGE_NOT_BOUND]
+    conditions = list(old.get("conditions", []))
+    if unbound:
+        conditions = cond.set_condition(conditions, cond.READY, False, cond.STORAGE_NOT_BOUND, unbound[0].message,
+                                        meta.generation)
+    else:
+        conditions = cond.set_condition(conditions, cond.READY, True, cond.RECONCILED,
+                                        "Workload identity, feature store config and storage are provisioned.",
+                                        meta.generation)
+    if problems:
+        conditions = cond.set_condition(conditions, cond.DEGRADED, True, problems[0].reason,
+                                        "; ".join(p.message for p in problems), meta.generation)
+    else:
+        conditions = [c for c in conditions if c["type"] != cond.DEGRADED]
+    observed = {
         "observedGeneration": meta.generation,
-        "phase": "Ready",
+        "phase": "Degraded" if problems else "Ready",
         "conditions": conditions,
         "serviceAccount": builders.workload_service_account_name(meta.name),
         "counts": {
@@ -77,6 +151,9 @@ def _observed(project: MLProjectSpec, meta: Meta, old: dict[str, Any], cache: Ca
         },
         "champion": _champion(deployments, jobs),
     }
+    if claim is not None:
+        observed["storage"] = claim
+    return observed
 
 
 def _champion(deployments: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> dict[str, Any] | None:

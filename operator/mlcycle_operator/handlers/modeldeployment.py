@@ -239,7 +239,9 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
                                       ("policy/v1", "PodDisruptionBudget")):
                 _children.prune(body, cache, api_version, kind, meta.namespace, server_selector(meta), keep)
 
-        problems = _pod_problems(meta, cache, ready_replicas, desired_replicas)
+        problems = _pod_problems(meta, cache, ready_replicas, desired_replicas) + diagnose.autoscaler_problems(
+            _children.owned(body, cache, "autoscaling/v2", "HorizontalPodAutoscaler", meta.namespace,
+                            server_selector(meta)), now.isoformat().replace("+00:00", "Z"))
         new = _status_from(decision, current, md, meta, old, stable, ready_replicas, desired_replicas, bool(versions),
                            problems)
         new["retiring"] = retiring or None
