@@ -81,7 +81,7 @@ MALFORMED = [
     ("MLProject", {"spec.storage.uri": "ftp://models"}, "spec.storage.uri", "should match"),
     ("MLProject", {"spec.objective.metric.direction": "up"}, "spec.objective.metric.direction", "Unsupported value"),
     ("MLProject", {"spec.storage.uri": "file:///models"}, "spec.storage.pvc", "pvc settings apply only to pvc://"),
-    ("MLProject", {"spec.featureStore.onlineStore.connectionString": DELETE},
+    ("MLProject", {"spec.featureStore.onlineStore": {"type": "redis"}},
      "spec.featureStore.onlineStore.connectionString", "a redis online store needs connectionString"),
     ("MLProject", {"spec.retraining.cooldown": "six hours"}, "spec.retraining.cooldown", "should match"),
     ("MLProject", {"spec.retraining.maxConcurrent": 0}, "spec.retraining.maxConcurrent", "greater than or equal to 1"),

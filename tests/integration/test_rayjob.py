@@ -104,7 +104,7 @@ def test_a_training_job_becomes_a_ray_job_that_kuberays_schema_accepts(rayml: Ml
     assert container["name"] == "ray-head" and "command" not in container, "KubeRay supplies `ray start --head`"
     assert {"name": "RAY_TMPDIR", "value": "/tmp/ray"} in container["env"]
     assert {e["name"] for e in container["env"]} >= {"POD_NAME", "POD_NAMESPACE"}
-    assert container["resources"]["limits"]["cpu"] == "1"
+    assert container["resources"]["limits"]["cpu"] == "500m"  # the example's cpuPerWorker
     security = container["securityContext"]
     assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
     assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}

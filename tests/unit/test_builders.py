@@ -433,24 +433,25 @@ def test_the_workload_role_grants_only_what_workloads_use():
     assert statuses == {"trainingjobs/status", "driftmonitors/status"}
 
 
-def test_feature_store_yaml_with_redis_online_store():
+def test_feature_store_yaml_of_the_example_keeps_everything_on_the_claim():
     config = yaml.safe_load(project.feature_store_yaml(project_spec()))
     assert config == {
         "project": "churn",
-        "registry": "/var/lib/mlcycle/churn/registry.db",
+        "registry": "/mnt/pvc/churn-models/feast/registry.db",
         "provider": "local",
         "offline_store": {"type": "file"},
-        "online_store": {"type": "redis", "connection_string": "redis.mlcycle-system.svc:6379"},
+        "online_store": {"type": "sqlite", "path": "/mnt/pvc/churn-models/feast/online.db"},
         "entity_key_serialization_version": 3,
     }
 
 
 @pytest.mark.parametrize(("online", "expected"), [
-    ({"type": "sqlite", "connectionString": None}, {"type": "sqlite", "path": "/tmp/feast/online.db"}),
-    ({"type": "sqlite", "connectionString": None, "path": "/data/online.db"},
-     {"type": "sqlite", "path": "/data/online.db"}),
+    ({"type": "sqlite", "path": None}, {"type": "sqlite", "path": "/tmp/feast/online.db"}),
+    ({"type": "sqlite", "path": "/data/online.db"}, {"type": "sqlite", "path": "/data/online.db"}),
+    ({"type": "redis", "path": None, "connectionString": "redis.mlcycle-system.svc:6379"},
+     {"type": "redis", "connection_string": "redis.mlcycle-system.svc:6379"}),
 ])
-def test_feature_store_yaml_with_sqlite_online_store(online, expected):
+def test_feature_store_yaml_online_stores(online, expected):
     spec = project_spec(featureStore={"onlineStore": online})
     assert yaml.safe_load(project.feature_store_yaml(spec))["online_store"] == expected
 

@@ -212,7 +212,9 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
         "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
         "env": common.downward_env(),
         "envFrom": project.storage_env_from(project_spec),
-        "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
+        # A proxy: it needs little CPU at rest (100m requested, as the operator's) and bursts to its limit.
+        # Every pod that mounts a ReadWriteOnce claim runs on one node (kind's 2 CPUs): requests add up there.
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
         "securityContext": common.restricted_container_security(),
         "readinessProbe": _probe("/readyz", ROUTER_PORT),
         "livenessProbe": {**_probe("/livez", ROUTER_PORT, 10), "initialDelaySeconds": 5},
