@@ -62,11 +62,14 @@ def observe_claim(desired: dict[str, Any], claim: dict[str, Any] | None,
         problems.append(Problem(cond.STORAGE_NOT_BOUND, f"claim {name} lost volume {volume}: the models in it "
                                 "cannot be read; restore the volume, or delete the claim", True))
     else:
-        latest = max(events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime")
+        # A failing provisioner alternates its failure with Normal "Provisioning"/"ExternalProvisioning" Events: while
+        # the claim is Pending, its latest failure says more than its latest Event.
+        failures = [e for e in events if e.get("type") == "Warning" or e.get("reason") in CLAIM_FAILURE_REASONS]
+        latest = max(failures or events, key=lambda e: e.get("lastTimestamp") or e.get("eventTime")
                      or (e.get("metadata") or {}).get("creationTimestamp") or "", default=None)
         said = f"{latest.get('reason')}: {(latest.get('message') or '').strip()}" if latest else ""
         status["message"] = said or "waiting for a volume"
-        if latest is not None and (latest.get("type") == "Warning" or latest.get("reason") in CLAIM_FAILURE_REASONS):
+        if failures:
             hint = ""
             if "ReadWriteMany" in _modes(claim) and "access mode" in said.lower():
                 hint = (". This storage class cannot share a volume between nodes (kind's local-path binds "

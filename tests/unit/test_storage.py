@@ -51,7 +51,10 @@ def test_a_provisioner_that_refuses_read_write_many_says_so_and_what_to_do():
                'ReadWriteOncePod (1.22+) access modes')
     status, problems = storage.observe_claim(claim(), claim(), [
         event("WaitForFirstConsumer", "waiting for first consumer", at=0),
-        event("ProvisioningFailed", refusal, "Warning", at=5)])
+        event("ProvisioningFailed", refusal, "Warning", at=5),
+        # What kind showed next: the controller's Normal Event while the provisioner retries.
+        event("ExternalProvisioning", "Waiting for a volume to be created either by the external provisioner "
+              "'rancher.io/local-path' or manually by the system administrator.", at=9)])
     assert [p.reason for p in problems] == [cond.STORAGE_NOT_BOUND]
     message = problems[0].message
     assert message.startswith("claim churn-models (ReadWriteMany) is not bound: ProvisioningFailed: ")
