@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import images, kind
+from tests.harness import images, kind, kind_loop
 from tests.harness.binaries import BuildError
 from tests.harness.pytest_support import unavailable
 
@@ -134,12 +134,11 @@ def kind_cluster(request: pytest.FixtureRequest) -> Iterator[KindHandle]:
             cluster.delete(log=log)
 
 
-# The chart as the cluster tier installs it: its own Prometheus on, its UI where kind-config.yaml maps it
-# (localhost:9090), everything else the chart's defaults.
-CHART_VALUES = ("--set", "prometheus.enabled=true", "--set", "prometheus.service.type=NodePort",
-                "--set", "prometheus.service.nodePort=30090")
-PROMETHEUS_URL = "http://127.0.0.1:9090"  # kind-config.yaml: node port 30090 on localhost:9090
-ROUTER_URL = "http://127.0.0.1:8080"  # kind-config.yaml: node port 30080 on localhost:8080
+# The chart as the cluster tier installs it: what `MLCYCLE_DEMO=kind make demo` installs (kind_loop.CHART_VALUES):
+# its own Prometheus on, its UI where kind-config.yaml maps it (localhost:9090), a 5 s scrape for the loop's 10 s
+# analysis windows; everything else the chart's defaults.
+CHART_VALUES = kind_loop.CHART_VALUES
+PROMETHEUS_URL, ROUTER_URL = kind_loop.PROMETHEUS_URL, kind_loop.ROUTER_URL  # kind-config.yaml's port mappings
 
 
 def install_chart(h: KindHandle, *values: str) -> None:
@@ -152,6 +151,10 @@ def install_chart(h: KindHandle, *values: str) -> None:
 def chart(kind_cluster: KindHandle) -> Iterator[KindHandle]:
     """The chart installed into mlcycle-system, watching every namespace; Ready operator."""
     install_chart(kind_cluster)
+    if os.environ.get("MLCYCLE_KEEP_KIND"):
+        # A kept cluster may run an operator pod of an earlier build under the same tag: start it again.
+        kind_cluster.kubectl("rollout", "restart", "-n", SYSTEM_NAMESPACE, f"deployment/{RELEASE}")
+        kind_cluster.kubectl("rollout", "status", "-n", SYSTEM_NAMESPACE, f"deployment/{RELEASE}", "--timeout=120s")
     yield kind_cluster
     kind_cluster.helm("uninstall", RELEASE, "--namespace", SYSTEM_NAMESPACE, "--wait", check=False)
 

@@ -5,8 +5,10 @@ and an Event, in words."""
 from __future__ import annotations
 
 import json
+import shlex
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -14,7 +16,7 @@ import pytest
 import yaml
 
 from examples.churn import generate
-from tests.cluster.conftest import ROUTER_URL, KindHandle
+from tests.cluster.conftest import ROOT, ROUTER_URL, KindHandle
 from tests.harness import images
 from tests.harness.loop import Traffic, records
 from tests.integration.helpers import wait_for
@@ -107,6 +109,70 @@ def churn(chart: KindHandle, kube_namespace: str, tmp_path: Path) -> str:
     return kube_namespace
 
 
+EXAMPLE = ROOT / "examples" / "churn"
+
+
+def readme_steps() -> list[list[str]]:
+    """The commands of examples/churn/README.md's "In a cluster" block, one argv each."""
+    text = (EXAMPLE / "README.md").read_text().split("### In a cluster", 1)[1]
+    block = text.split("```sh\n", 1)[1].split("```", 1)[0]
+    lines = block.replace("\\\n", " ").splitlines()
+    return [shlex.split(line.split("  #", 1)[0]) for line in lines if line.strip()]
+
+
+def example_project_on_kind(path: Path) -> Path:
+    """01-mlproject.yaml with the one change the README asks of kind users: a ReadWriteOnce claim."""
+    project = yaml.safe_load((EXAMPLE / "manifests" / "01-mlproject.yaml").read_text())
+    project["spec"]["storage"]["pvc"]["accessMode"] = "ReadWriteOnce"
+    path.write_text(yaml.safe_dump(project))
+    return path
+
+
+@pytest.fixture
+def example(chart: KindHandle, kube_namespace: str, tmp_path: Path) -> str:
+    """The example's project and data on its claim, by the README's commands run as written (the namespace,
+    kubectl and python are this run's; the last command, which applies every manifest, is left to the test).
+    First as shipped, with the default ReadWriteMany claim: kind's provisioner refuses it, and the MLProject says
+    so and what to do; then done as it says."""
+    ns, steps = kube_namespace, readme_steps()
+    assert steps[0][:3] == ["kubectl", "create", "namespace"] and steps[-1][-1] == "examples/churn/manifests"
+
+    def run(argv: list[str]) -> None:
+        argv = [ns if a == "churn" else str(ROOT / a) if a.startswith("examples/") else
+                a.replace("churn/churn-loader", f"{ns}/churn-loader").replace("/tmp/churn/data", str(tmp_path / "data"))
+                for a in argv]
+        if argv[0] == "kubectl":
+            chart.kubectl(*argv[1:])
+        else:
+            assert argv[:3] == ["python", "-m", "examples.churn.generate"], argv
+            subprocess.run([sys.executable, *argv[1:]], cwd=ROOT, check=True)
+
+    run(steps[1])  # 01-mlproject.yaml as shipped
+    run(steps[3])  # the loader: the claim's first consumer
+    status = wait_for(lambda: (s := get(chart, ns, "mlproject", "churn").get("status") or {}).get("phase")
+                      == "Degraded" and s, timeout=120, what="the MLProject to say its claim cannot bind", every=2)
+    ready = conditions({"status": status})["Ready"]
+    assert ready["status"] == "False" and ready["reason"] == "StorageNotBound", ready
+    assert "ProvisioningFailed" in ready["message"] and "accessMode: ReadWriteOnce" in ready["message"], ready
+    assert any("StorageNotBound" in e for e in events(chart, ns, "churn"))
+
+    # As the message says: ReadWriteOnce, and the claim deleted, whose access mode cannot change.
+    chart.kubectl("apply", "-n", ns, "-f", str(example_project_on_kind(tmp_path / "01-mlproject.yaml")))
+    wait_for(lambda: conditions(get(chart, ns, "mlproject", "churn")).get("Degraded", {}).get("reason")
+             == "StorageSpecImmutable", timeout=60, what="StorageSpecImmutable", every=2)
+    chart.kubectl("delete", "pod", "-n", ns, "churn-loader", "--wait=false")
+    chart.kubectl("delete", "pvc", "-n", ns, CLAIM, "--timeout=120s")
+    wait_for(lambda: get(chart, ns, "pvc", CLAIM).get("spec", {}).get("accessModes") == ["ReadWriteOnce"],
+             timeout=90, what="the operator to make the claim anew, ReadWriteOnce", every=2)
+    chart.kubectl("wait", "-n", ns, "--for=delete", "pod/churn-loader", "--timeout=120s", check=False)
+    for step in steps[2:-1]:  # the data, the loader, the copies, Feast's apply and materialize
+        run(step)
+    status = wait_for(lambda: (s := get(chart, ns, "mlproject", "churn").get("status") or {}).get("phase")
+                      == "Ready" and s, timeout=60, what="the MLProject Ready with its claim bound", every=2)
+    assert status["storage"]["phase"] == "Bound", status["storage"]
+    return ns
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -126,10 +192,17 @@ def train(h: KindHandle, namespace: str, name: str = "churn-v1") -> dict:
     return job
 
 
-def test_a_model_trains_and_serves_in_the_runtime_image_as_non_root_on_a_read_only_root(chart: KindHandle,
-                                                                                        churn: str):
-    ns = churn
-    job = train(chart, ns)
+def test_the_example_trains_from_feast_and_serves_in_the_runtime_image_as_non_root_on_a_read_only_root(
+        chart: KindHandle, example: str):
+    """02-trainingjob.yaml as shipped (its feature service read from the registry and Parquet on the claim, its
+    validation, gates and slices), with two trials instead of eight; then served and called through the router."""
+    ns = example
+    manifest = yaml.safe_load((EXAMPLE / "manifests" / "02-trainingjob.yaml").read_text())
+    manifest["spec"]["tuning"]["numSamples"] = 2
+    apply(chart, ns, manifest)
+    job = finished(chart, ns, manifest["metadata"]["name"], timeout=600)
+    assert job["phase"] == "Succeeded" and job["gatesPassed"] is True, json.dumps(job, indent=1)[:3000]
+    assert {"customer_usage:monthly_charges", "customer_profile:tenure_months"} <= set(job["lineage"]["featureRefs"])
     apply(chart, ns, {
         "apiVersion": "mlcycle.io/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "churn"},
         "spec": {"project": "churn",
