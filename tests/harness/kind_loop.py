@@ -6,7 +6,8 @@ The scenario is tests/harness/loop.py's. What a kind cluster needs beyond the pr
   it then runs on the node that holds it);
 - the ModelDeployment's router Service is a NodePort on 30080, which kind-config.yaml maps to localhost:8080,
   where the clients of the loop call it;
-- data reaches the claim as a user's would: `kubectl cp` into a pod that mounts it.
+- serving as the example ships it, with adaptive batching and autoscaling on (metrics-server is installed);
+- data reaches the claim as a user's would: `kubectl cp` into the example's loader pod, which mounts it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from tests.integration.helpers import EXAMPLES
+
 from . import images, kind, loop
 
 RELEASE, SYSTEM_NAMESPACE = "mlcycle", "mlcycle-system"
@@ -34,73 +37,82 @@ WORKERS = ("worker", "worker2")
 
 
 def manifests() -> dict[str, dict[str, Any]]:
-    """loop.manifests() with the two changes a kind cluster needs (see the module docstring)."""
+    """loop.manifests() with the changes a kind cluster needs (see the module docstring), and the example's
+    serving as shipped where the process node could not run it: adaptive batching, and autoscaling (the process
+    node has no metrics API), from one server a version to three (the example: two to six; every pod of the
+    ReadWriteOnce claim shares one node's 2 CPUs)."""
     spec = copy.deepcopy(loop.manifests())
     spec["MLProject"]["spec"]["storage"].setdefault("pvc", {})["accessMode"] = "ReadWriteOnce"
     spec["ModelDeployment"]["spec"]["service"] = {"type": "NodePort", "nodePort": 30080}
+    shipped = EXAMPLES["ModelDeployment"]["spec"]["serving"]
+    spec["ModelDeployment"]["spec"]["serving"].update(
+        batching=copy.deepcopy(shipped["batching"]),
+        autoscaling={**shipped["autoscaling"], "minReplicas": 1, "maxReplicas": 3})
     return spec
 
 
 class ClaimWriter:
-    """Files into a claim through a pod that mounts it (`kubectl cp`, then a rename: readers never see half a
-    file). The pod runs the runtime image as uid 65532, like the workloads that read the files."""
+    """Files into the churn-models claim the way examples/churn/README.md tells a user to: through the example's
+    loader pod (examples/churn/cluster/loader.yaml: the runtime image as uid 65532, the claim where workloads
+    see it), with `kubectl cp`, then a rename (readers never see half a file)."""
 
-    def __init__(self, cluster: kind.KindCluster, namespace: str, claim: str, image: str):
-        self.cluster, self.namespace, self.claim, self.image = cluster, namespace, claim, image
-        self.pod = f"{claim}-loader"
+    LOADER = kind.REPO / "examples" / "churn" / "cluster" / "loader.yaml"
+    MOUNT = Path("/mnt/pvc/churn-models")
+
+    def __init__(self, cluster: kind.KindCluster, namespace: str, image: str):
+        self.cluster, self.namespace, self.image = cluster, namespace, image
+        self.pod = yaml.safe_load(self.LOADER.read_text())
+        self.pod["spec"]["containers"][0]["image"] = image
+        self.claim = self.pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
         self._started = False
 
     def _start(self) -> None:
-        pod = {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": self.pod},
-            "spec": {
-                "securityContext": {"runAsUser": 65532, "runAsGroup": 65532, "runAsNonRoot": True},
-                "containers": [{"name": "loader", "image": self.image, "command": ["sleep", "infinity"],
-                                "volumeMounts": [{"name": "claim", "mountPath": "/claim"}]}],
-                "volumes": [{"name": "claim", "persistentVolumeClaim": {"claimName": self.claim}}],
-            },
-        }
         deadline = time.monotonic() + 120  # the claim is created by the MLProject's first reconcile
         while self.cluster.kubectl_run("get", "pvc", self.claim, "-n", self.namespace, check=False).returncode:
             if time.monotonic() > deadline:
                 raise kind.BuildError(f"claim {self.claim} was not created in namespace {self.namespace}")
             time.sleep(1)
-        self.cluster.kubectl_run("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(pod))
-        self.cluster.kubectl_run("wait", "-n", self.namespace, "--for=condition=Ready", f"pod/{self.pod}",
-                                 "--timeout=180s")
+        self.cluster.kubectl_run("apply", "-n", self.namespace, "-f", "-", input=yaml.safe_dump(self.pod))
+        self.cluster.kubectl_run("wait", "-n", self.namespace, "--for=condition=Ready",
+                                 f"pod/{self.pod['metadata']['name']}", "--timeout=180s")
         self._started = True
 
     def __call__(self, path: str, frame: pd.DataFrame) -> None:
         if not self._started:
             self._start()
-        target = Path("/claim") / path
+        pod = self.pod["metadata"]["name"]
+        target = self.MOUNT / path
         temporary = target.with_name(f".{target.name}.tmp")
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / target.name
             frame.to_parquet(local, index=False)
-            self.cluster.kubectl_run("exec", "-n", self.namespace, self.pod, "--", "mkdir", "-p", str(target.parent))
-            self.cluster.kubectl_run("cp", str(local), f"{self.namespace}/{self.pod}:{temporary}")
-        self.cluster.kubectl_run("exec", "-n", self.namespace, self.pod, "--", "mv", str(temporary), str(target))
+            self.cluster.kubectl_run("exec", "-n", self.namespace, pod, "--", "mkdir", "-p", str(target.parent))
+            self.cluster.kubectl_run("cp", str(local), f"{self.namespace}/{pod}:{temporary}")
+        self.cluster.kubectl_run("exec", "-n", self.namespace, pod, "--", "mv", str(temporary), str(target))
 
 
-def bring_up(cluster: kind.KindCluster, log=print) -> images.ProjectImages:
-    """Every image built here, the cluster created from kind-config.yaml, the images loaded where pods run,
-    metrics-server, and the chart with its Prometheus on localhost:9090."""
+def bring_up(cluster: kind.KindCluster, log=print, public: bool = False) -> images.ProjectImages:
+    """The cluster created from kind-config.yaml, the project's images loaded where pods run, metrics-server, and
+    the chart with its Prometheus on localhost:9090. Every image built here; `public`: as on a user's machine
+    that reaches the registries (the two images from their Dockerfiles' public bases, kind's node image, the
+    chart's Prometheus and metrics-server pulled by the nodes)."""
     started = time.monotonic()
-    project = images.project_images(log)
-    prometheus = kind.prometheus_image(log)
-    metrics_server = kind.metrics_server_image(log)
+    if public:
+        project, metrics_server, extra = images.public_project_images(log), kind.public_metrics_server_image(), ()
+    else:
+        project, metrics_server = images.project_images(log), kind.metrics_server_image(log)
+        extra = (kind.prometheus_image(log), metrics_server)
     log(f"[kind] images ready in {time.monotonic() - started:.0f}s")
     cluster.delete(log=log)
-    cluster.create(log=log)
+    cluster.create(log=log, public=public)
     started = time.monotonic()
     workers = [f"{cluster.name}-{w}" for w in WORKERS]
-    for image in (project.operator, project.runtime, prometheus, metrics_server):
+    for image in (project.operator, project.runtime, *extra):
         cluster.load(image, workers)
     log(f"[kind] images loaded into {', '.join(workers)} in {time.monotonic() - started:.0f}s")
     cluster.install_metrics_server(metrics_server)
     helm = subprocess.run([str(cluster.helm), "upgrade", "--install", RELEASE, str(kind.REPO / "charts" / "mlcycle"),
-                           "--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "180s",
+                           "--namespace", SYSTEM_NAMESPACE, "--create-namespace", "--wait", "--timeout", "300s",
                            *CHART_VALUES, "--kubeconfig", str(cluster.kubeconfig)], capture_output=True, text=True)
     if helm.returncode != 0:
         raise kind.BuildError(f"helm install failed: {helm.stderr.strip()}")

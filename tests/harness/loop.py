@@ -167,16 +167,20 @@ class Traffic:
 class ClosedLoop:
     """One run of the loop in `ml`'s namespace. Where pods run as host processes, `claim_dir` is the host
     directory bound to the churn-models claim; on a real cluster, `put` writes a file into the claim (path in the
-    claim, frame) and `router_url` is where clients reach the router from here, and `spec` the manifests."""
+    claim, frame) and `router_url` is where clients reach the router from here, and `spec` the manifests.
+    `create` submits the four manifests (default: a plain create; tests/harness/gitops.py applies them as GitOps
+    would)."""
 
     def __init__(self, ml: Mlcycle, claim_dir: Path | None, logs: Callable[[str], str] | None = None,
                  say: Callable[[str], None] = lambda _: None,
                  put: Callable[[str, pd.DataFrame], None] | None = None, router_url: str | None = None,
-                 spec: dict[str, dict[str, Any]] | None = None):
+                 spec: dict[str, dict[str, Any]] | None = None,
+                 create: Callable[[dict[str, Any]], Any] | None = None):
         self.ml, self.claim_dir, self.say = ml, claim_dir, say
         self.logs = logs  # pod name -> its logs, for explanations
         self.put, self.router_url = put, router_url
         self.spec = spec or manifests()
+        self.create = create or ml.create
         self.phases: dict[str, float] = {}  # name -> seconds
         self.facts: dict[str, Any] = {}
         self.traffic: Traffic | None = None
@@ -188,7 +192,7 @@ class ClosedLoop:
         for kind in ("MLProject", "TrainingJob", "ModelDeployment", "DriftMonitor"):
             if kind == "TrainingJob":
                 self._write_partition("history")
-            self.ml.create(self.spec[kind])
+            self.create(self.spec[kind])
             self.say(f"created {kind} {self.spec[kind]['metadata']['name']}")
         self._t0 = time.monotonic()
 
@@ -207,8 +211,12 @@ class ClosedLoop:
         router = self.wait(self._router_pod, 120, "a ready router pod")
         self.phases["serve v1"] = time.monotonic() - begin
         self.url = self.router_url or f"http://{router.status.pod_ip}:8080"
-        self.traffic = Traffic(self.url, records(self._frames["history"].tail(3000)),
-                               records(self._frames["recent"]))
+        steady = records(self._frames["history"].tail(3000))
+        if self.router_url:
+            # A node port answers only once kube-proxy has programmed it, a few seconds after the Service exists:
+            # until then the endpoint clients are given does not exist yet, and nothing is counted.
+            self.wait(lambda: self._answers(steady[0]), 120, f"the router's node port to answer on {self.url}")
+        self.traffic = Traffic(self.url, steady, records(self._frames["recent"]))
         self.traffic.start()
         self.say(f"steady traffic through the router at {self.url}, {self.traffic.rate:.0f} requests/s")
         return md
@@ -344,6 +352,12 @@ class ClosedLoop:
         created = pd.Timestamp(job["metadata"]["creationTimestamp"])
         done = (job.get("status") or {}).get("completionTime")
         return (pd.Timestamp(done) - created).total_seconds() if done else float("nan")
+
+    def _answers(self, record: dict[str, Any]) -> bool:
+        try:
+            return httpx.post(f"{self.url}/predict", json={"records": [record]}, timeout=10).status_code == 200
+        except httpx.HTTPError:
+            return False
 
     def _md_if(self, predicate) -> dict[str, Any] | None:
         return self._if(self.ml.status("ModelDeployment", "churn"), predicate)

@@ -74,4 +74,8 @@ def test_the_loop_on_kind_changes_only_the_claim_mode_and_the_router_service():
     if not on_kind["MLProject"]["spec"]["storage"]["pvc"]:
         del on_kind["MLProject"]["spec"]["storage"]["pvc"]
     del on_kind["ModelDeployment"]["spec"]["service"]
+    serving = on_kind["ModelDeployment"]["spec"]["serving"]
+    assert serving["batching"]["enabled"] and serving["autoscaling"]["enabled"]  # as the example ships them
+    assert (serving["autoscaling"]["minReplicas"], serving["autoscaling"]["maxReplicas"]) == (1, 3)
+    serving.update(base["ModelDeployment"]["spec"]["serving"])
     assert on_kind == base
