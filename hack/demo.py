@@ -9,10 +9,10 @@ v3 is rolled back. The same scenario the e2e suite asserts (tests/harness/loop.p
 sample prediction, the model in service and the history, then stops everything it started (`--keep N` keeps the
 loop serving N more seconds first).
 
-With Docker and kind on PATH (and MLCYCLE_DEMO_LOCAL unset), it creates a kind cluster from kind-config.yaml,
-builds and loads the operator and runtime images, installs the chart with its Prometheus and applies the example
-(public images pulled as usual). MLCYCLE_DEMO=kind runs the same loop as the local path on a kind cluster whose
-every image is built on this machine (no registry needed), clients calling the router on localhost:8080;
+With Docker and kind on PATH (and MLCYCLE_DEMO_LOCAL unset), the same loop runs on a kind cluster made from
+kind-config.yaml: the operator and runtime images built from their Dockerfiles and loaded into it, the chart
+installed with its Prometheus and metrics-server, public images pulled as usual, clients calling the router on
+localhost:8080. MLCYCLE_DEMO=kind runs that path on a machine with no registry (ours), every image built here;
 MLCYCLE_DEMO=local forces the local path.
 
 Without root, the process node cannot run pods: the demo then shows the control-plane half only (KWOK pods run
@@ -52,33 +52,6 @@ def say(message: str) -> None:
     print(f"[{time.monotonic() - START:6.0f}s] {message}", flush=True)
 
 
-def kind_demo() -> int:
-    """Docker and kind on PATH: a kind cluster from kind-config.yaml, the two images built and loaded into it, the
-    chart installed with its Prometheus, the example applied. Not exercised on the machines this project is
-    developed on (no Docker there); the commands are the ones the README gives."""
-    image_tag = "0.1.0"
-    helm = shutil.which("helm") or str(binaries.ensure_all()["helm"])
-    commands = [
-        ["kind", "create", "cluster", "--config", str(ROOT / "kind-config.yaml")],
-        ["docker", "build", "-f", "operator/Dockerfile", "-t", f"ghcr.io/mlcycle/operator:{image_tag}", "."],
-        ["docker", "build", "-f", "runtime/Dockerfile", "-t", f"ghcr.io/mlcycle/runtime:{image_tag}", "."],
-        ["kind", "load", "docker-image", "--name", "mlcycle", f"ghcr.io/mlcycle/operator:{image_tag}",
-         f"ghcr.io/mlcycle/runtime:{image_tag}"],
-        [helm, "upgrade", "--install", "mlcycle", str(ROOT / "charts" / "mlcycle"), "-n", "mlcycle-system",
-         "--create-namespace", "--set", "prometheus.enabled=true", "--wait"],
-        ["kubectl", "apply", "-n", "default", "-f", str(ROOT / "examples" / "churn" / "manifests")],
-    ]
-    for command in commands:
-        step(" ".join(Path(command[0]).name if i == 0 else part for i, part in enumerate(command)))
-        if subprocess.run(command, cwd=ROOT).returncode != 0:
-            print(f"failed: {' '.join(command)}", file=sys.stderr)
-            return 1
-    step("the example is applied; follow it with: kubectl get mlcycle -n default -w")
-    print("The example trains from /var/lib/mlcycle/churn/data and its Feast registry (examples/churn/README.md "
-          "says how to generate and place them); `kind delete cluster --name mlcycle` removes everything.")
-    return 0
-
-
 def bind_claim(kubectl, namespace: str, host_dir: Path) -> None:
     """The example stores models and data on pvc://churn-models; this cluster has no volume provisioner, so a volume
     is bound to that claim in advance, as an administrator would."""
@@ -95,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     mode = os.environ.get("MLCYCLE_DEMO", "")
     if mode == "kind":
-        return kind_built_here(args.keep)
+        return kind_loop_demo(args.keep, public=False)
     if (mode != "local" and shutil.which("kind") and shutil.which("docker")
             and not os.environ.get("MLCYCLE_DEMO_LOCAL")):
-        return kind_demo()
+        return kind_loop_demo(args.keep, public=True)
     directory = DEFAULT_DIR
     existing = LocalCluster.from_state(directory)
     if existing is not None and any(is_running(p) for p in existing.processes):
@@ -193,10 +166,12 @@ def run_loop(loop, ml, kubectl, keep: float, where: str) -> int:
     return 0
 
 
-def kind_built_here(keep: float) -> int:
-    """MLCYCLE_DEMO=kind: the loop on a kind cluster from kind-config.yaml, every image built on this machine
-    (tests/harness/kind.py: no registry is reachable here), the chart installed with its Prometheus, clients
-    calling the router on localhost:8080. The cluster is deleted at the end (`kind-down` if interrupted)."""
+def kind_loop_demo(keep: float, public: bool) -> int:
+    """The loop on a kind cluster from kind-config.yaml (tests/harness/kind_loop.py, as the cluster tier runs it),
+    the chart installed with its Prometheus, clients calling the router on localhost:8080. `public`: kind and
+    Docker on PATH (a user's machine), images pulled from their registries as usual; otherwise (MLCYCLE_DEMO=kind)
+    every image built on this machine (tests/harness/kind.py: no registry is reachable here). The cluster is
+    deleted at the end (`make kind-down` if interrupted)."""
     from kubernetes import config
 
     from tests.harness import kind, kind_loop
@@ -204,10 +179,11 @@ def kind_built_here(keep: float) -> int:
     from tests.integration.helpers import Mlcycle
 
     cluster = kind.KindCluster(name="mlcycle", directory=binaries.cache_root() / "kind" / "mlcycle")
-    step("building every image here (kind's node image and the chart's Prometheus and metrics-server from their Go "
+    step("the images from their Dockerfiles, then the cluster of kind-config.yaml" if public else
+         "building every image here (kind's node image and the chart's Prometheus and metrics-server from their Go "
          "modules, the operator and runtime images from their Dockerfiles), then the cluster of kind-config.yaml")
     try:
-        project = kind_loop.bring_up(cluster, log=say)
+        project = kind_loop.bring_up(cluster, log=say, public=public)
     except kind.BuildError as err:
         print(f"the kind cluster could not be made: {err}", file=sys.stderr)
         cluster.delete(log=say)
@@ -224,8 +200,7 @@ def kind_built_here(keep: float) -> int:
         kubectl("create", "namespace", NAMESPACE)
         api = config.new_client_from_config(str(cluster.kubeconfig))
         ml = Mlcycle(api, NAMESPACE)
-        loop = ClosedLoop(ml, None, say=say, put=kind_loop.ClaimWriter(cluster, NAMESPACE, "churn-models",
-                                                                       project.runtime),
+        loop = ClosedLoop(ml, None, say=say, put=kind_loop.ClaimWriter(cluster, NAMESPACE, project.runtime),
                           logs=lambda pod: kubectl("logs", "-n", NAMESPACE, pod, "--tail=20", check=False),
                           router_url=kind_loop.ROUTER_URL, spec=kind_loop.manifests())
         say(f"the chart's Prometheus: {kind_loop.PROMETHEUS_URL}")

@@ -215,6 +215,15 @@ def project_images(log=print) -> ProjectImages:
     return ProjectImages(**built)
 
 
+def public_project_images(log=print) -> ProjectImages:
+    """The two images from their Dockerfiles with their public defaults (python:3.11-slim, the uv image, pulled
+    as Docker pulls them): what a user whose machine reaches the registries builds. Not run on this project's
+    machines, which reach none."""
+    built = {name: build(f"{PUBLIC_REPOSITORY}/{name}:{app_version()}", REPO, REPO / name / "Dockerfile", log=log)
+             for name in ("operator", "runtime")}
+    return ProjectImages(**built)
+
+
 def size_mb(tag: str) -> float:
     out = docker("image", "inspect", "--format", "{{json .Size}}", tag).stdout
     return json.loads(out) / 1e6

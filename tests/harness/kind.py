@@ -231,6 +231,11 @@ def prometheus_image(log=print) -> str:
     return _image_of("prometheus", f"prom/prometheus:{version}", PROMETHEUS_DOCKERFILE, log)
 
 
+def public_metrics_server_image() -> str:
+    """Where metrics-server's own manifests pull it from, for a machine that reaches registry.k8s.io."""
+    return f"registry.k8s.io/metrics-server/metrics-server:{binaries.CLUSTER_COMPONENTS['metrics-server'].version}"
+
+
 def metrics_server_image(log=print) -> str:
     version = binaries.CLUSTER_COMPONENTS["metrics-server"].version
     return _image_of("metrics-server", f"{images.REGISTRY}/metrics-server:{version}", METRICS_SERVER_DOCKERFILE, log)
@@ -432,7 +437,17 @@ class KindCluster:
     def nodes(self) -> list[str]:
         return self.run_kind("get", "nodes", "--name", self.name).stdout.decode().split()
 
-    def create(self, log=print, user_config: Path = KIND_CONFIG) -> None:
+    def create(self, log=print, user_config: Path = KIND_CONFIG, public: bool = False) -> None:
+        """`public`: kind-config.yaml as it is, with kind's own node image and CNI (pulled as kind pulls them),
+        what a user with a registry gets; otherwise the node image built here and what this machine needs."""
+        if public:
+            log(f"[kind] creating cluster {self.name} from {user_config.name} (kind's own node image)")
+            started = time.monotonic()
+            self.run_kind("create", "cluster", "--name", self.name, "--config", str(user_config),
+                          "--kubeconfig", str(self.kubeconfig))
+            self.kubectl_run("wait", "--for=condition=Ready", "node", "--all", "--timeout=300s")
+            log(f"[kind] cluster {self.name} ready in {time.monotonic() - started:.0f}s")
+            return
         image = node_image(log)
         config = self.directory / "kind-config.yaml"
         config.write_text(yaml.safe_dump(cluster_config(user_config, self.name), sort_keys=False))
@@ -494,11 +509,12 @@ def main(argv: list[str]) -> int:
                 project_build = pool.submit(images.project_images)
                 node = node_image()
                 prometheus = prometheus_image()
+                metrics_server = metrics_server_image()
                 project = project_build.result()
         except BuildError as err:
             print(f"[images] {err}")
             return 1
-        for tag in (node, prometheus, project.operator, project.runtime):
+        for tag in (node, prometheus, metrics_server, project.operator, project.runtime):
             print(f"  {tag:56} {images.size_mb(tag):,.0f} MB")
         print(f"[images] ready in {time.monotonic() - started:.0f}s")
         return 0
