@@ -36,15 +36,14 @@ def mlproject_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, p
         meta = Meta.of(body)
         desired = builders.children(project, meta, runtime_image(project, memo))
         cache = Cache(kwargs)
+        old = dict(status or {})
         claim = next((c for c in desired if c["kind"] == "PersistentVolumeClaim"), None)
-        if claim is not None:
-            _apply_claim(body, claim)
+        store = _storage(body, claim, old, timer=False)
         _children.apply_owned(body, [c for c in desired if c["kind"] != "PersistentVolumeClaim"], cache)
         if project.feature_store is None or not project.feature_store.materialization.enabled:
             _children.prune(body, cache, "batch/v1", "CronJob", meta.namespace,
                             {LABEL_INSTANCE: meta.name, LABEL_OWNER_KIND: "mlproject"}, keep=set())
-        old = dict(status or {})
-        new = _observed(project, meta, old, cache, _storage(project, meta, old, read=True))
+        new = _observed(project, meta, old, cache, store)
         if _status.write(patch, status, new):
             _announce(body, old, new)
 
@@ -55,7 +54,8 @@ def mlproject_observe(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
     """Level-based: the counts and the champion change when other objects change, not this one (read from the
     cache: no API reads however many objects the project has)."""
     project, meta, old = MLProjectSpec.model_validate(dict(spec)), Meta.of(body), dict(status or {})
-    new = _observed(project, meta, old, Cache(kwargs), _storage(project, meta, old, read=False, body=body))
+    store = _storage(body, builders.storage_pvc(project, meta), old, timer=True)
+    new = _observed(project, meta, old, Cache(kwargs), store)
     if _status.write(patch, status, new):
         _announce(body, old, new)
 
@@ -69,49 +69,49 @@ def _announce(body: kopf.Body, old: dict[str, Any], new: dict[str, Any]) -> None
         _events.warning(body, degraded["reason"], degraded["message"])
 
 
-def _apply_claim(body: kopf.Body, claim: dict[str, Any]) -> None:
-    """Create the model store's claim when it is missing. Not owned: deleting an MLProject must never delete its
-    models. A claim that exists takes only what a claim can take (labels, a larger size where its class allows
-    expansion); any other difference is said in status (storage.observe_claim) and never sent, since the API
-    server would refuse it (422) on every retry."""
+def _apply_claim(body: kopf.Body, claim: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
+    """Create the model store's claim when it is missing (`existing` None); return the claim as it now stands.
+    Not owned: deleting an MLProject must never delete its models. A claim that exists takes only what a claim
+    can take (labels, a larger size where its class allows expansion); any other difference is said in status
+    (storage.observe_claim) and never sent, since the API server would refuse it (422) on every retry."""
     meta = claim["metadata"]
-    existing = kube.get("v1", "PersistentVolumeClaim", meta["namespace"], meta["name"])
     if existing is not None and storage.claim_changes(claim, existing):
-        return
+        return existing
     try:
         action = kube.apply(claim, existing)
     except kube.ApiException as err:
         if existing is None or err.status not in (403, 422):
             raise
         _events.warning(body, "StorageResizeRefused", f"claim {meta['name']} was not changed: {kube.refusal(err)}")
-        return
+        return existing
     if action is not Action.UNCHANGED:
         verb = "Created" if action is Action.CREATE else "Updated"
         _events.normal(body, "ChildrenApplied", f"{verb} PersistentVolumeClaim/{meta['name']}")
+    # A claim just created is Pending, with no Events yet: what was sent says as much as a read would.
+    return claim if existing is None else existing
 
 
-def _storage(project: MLProjectSpec, meta: Meta, old: dict[str, Any], read: bool,
-             body: kopf.Body | None = None) -> tuple[dict[str, Any] | None, list[Problem]]:
-    """The claim as status, and its problems. The timer reads the claim (and its Events) only until it is Bound
-    and well; then status keeps what was seen, so settled projects cost no reads. Given `body`, a claim found
-    missing is made again (a person deleted it to change what a claim cannot change, as status told them)."""
-    claim = builders.storage_pvc(project, meta)
+def _storage(body: kopf.Body, claim: dict[str, Any] | None, old: dict[str, Any],
+             timer: bool) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """The claim read once (and its Events while it is not Bound), applied, and turned into status and problems.
+    A reconcile applies it as the spec says; the timer only makes a missing one again (a person deleted it to
+    change what a claim cannot change, as status told them), and reads nothing once it is Bound and well, so
+    settled projects cost no reads."""
     if claim is None:
         return None, []
     previous = old.get("storage")
-    if (not read and previous and previous.get("phase") == "Bound"
+    if (timer and previous and previous.get("phase") == "Bound"
             and not cond.is_true(old.get("conditions"), cond.DEGRADED)):
         return previous, []
-    name = claim["metadata"]["name"]
-    existing = kube.get("v1", "PersistentVolumeClaim", meta.namespace, name)
-    if existing is None and body is not None:
-        _apply_claim(body, claim)
-        existing = kube.get("v1", "PersistentVolumeClaim", meta.namespace, name)
+    name, namespace = claim["metadata"]["name"], claim["metadata"]["namespace"]
+    existing = kube.get("v1", "PersistentVolumeClaim", namespace, name)
+    if existing is None or not timer:
+        existing = _apply_claim(body, claim, existing)
     events: list[dict[str, Any]] = []
-    if existing is not None and (existing.get("status") or {}).get("phase") != "Bound":
-        uid = existing["metadata"].get("uid")
+    uid = existing["metadata"].get("uid")
+    if uid and (existing.get("status") or {}).get("phase") != "Bound":
         selector = f"involvedObject.kind=PersistentVolumeClaim,involvedObject.name={name}"
-        events = [e for e in kube.list_objects("v1", "Event", meta.namespace, field_selector=selector)
+        events = [e for e in kube.list_objects("v1", "Event", namespace, field_selector=selector)
                   if (e.get("involvedObject") or {}).get("uid") in (None, uid)]  # not a deleted claim's
     return storage.observe_claim(claim, existing, events)
 
