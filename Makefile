@@ -40,7 +40,7 @@ cluster-up: binaries ## start the local control plane in the background and prin
 cluster-down: ## stop every process cluster-up (or demo) started
 	$(HARNESS) down
 
-images: setup system-deps binaries ## kind's node image, the chart's Prometheus and metrics-server (from Go modules) and the two project images, nothing pulled
+images: setup system-deps binaries ## kind's node image, the chart's Prometheus, metrics-server and KubeRay's operator (from Go modules) and the two project images, nothing pulled
 	$(BIN)/python -m tests.harness images
 
 kind-up: images ## a kind cluster from kind-config.yaml, its node image built here (prints KUBECONFIG)

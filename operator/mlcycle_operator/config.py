@@ -25,6 +25,10 @@ class Config:
     peering: str = field(default="mlcycle")  # Kopf peering name, for running more than one replica
     # Connections Kopf uses for requests at once, besides one per watch; 0: no limit (Kopf's default).
     api_connections: int = 32
+    # Where KubeRay's operator runs: only it (and a RayJob's own submitter pod) may reach a Ray head's dashboard,
+    # which serves job submission. Empty: KubeRay's pods (app.kubernetes.io/component=kuberay-operator) in any
+    # namespace.
+    kuberay_namespace: str = ""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Config:
@@ -46,6 +50,7 @@ class Config:
                 prometheus_timeout=float(get("PROMETHEUS_TIMEOUT", str(cls.prometheus_timeout))),
                 peering=get("PEERING", cls.peering),
                 api_connections=int(get("API_CONNECTIONS", str(cls.api_connections))),
+                kuberay_namespace=get("KUBERAY_NAMESPACE", "") or "",
             )
         except ValueError as err:
             raise SystemExit(f"invalid {PREFIX}* setting: {err}") from err

@@ -30,7 +30,8 @@ PLURALS = {
     "Role": "roles", "RoleBinding": "rolebindings",
     "Deployment": "deployments", "Job": "jobs", "CronJob": "cronjobs",
     "HorizontalPodAutoscaler": "horizontalpodautoscalers", "PodDisruptionBudget": "poddisruptionbudgets",
-    "RayJob": "rayjobs", "ServiceMonitor": "servicemonitors", "PrometheusRule": "prometheusrules",
+    "RayJob": "rayjobs", "NetworkPolicy": "networkpolicies", "ServiceMonitor": "servicemonitors",
+    "PrometheusRule": "prometheusrules",
     "MLProject": "mlprojects", "TrainingJob": "trainingjobs", "ModelDeployment": "modeldeployments",
     "DriftMonitor": "driftmonitors",
 }

@@ -100,13 +100,17 @@ def put_in_claim(h: KindHandle, namespace: str, files: dict[str, Path]) -> None:
     h.kubectl("delete", "pod", "-n", namespace, "loader", "--wait=false")
 
 
+def churn_in_claim(h: KindHandle, namespace: str, tmp_path: Path, rows: int = 3000) -> str:
+    """The project, and a small churn dataset in its claim."""
+    apply(h, namespace, project())
+    paths = generate.write(tmp_path, rows=rows, days=60)
+    put_in_claim(h, namespace, {"data/customers.parquet": paths["customers"]})
+    return namespace
+
+
 @pytest.fixture
 def churn(chart: KindHandle, kube_namespace: str, tmp_path: Path) -> str:
-    """The project, and a small churn dataset in its claim."""
-    apply(chart, kube_namespace, project())
-    paths = generate.write(tmp_path, rows=3000, days=60)
-    put_in_claim(chart, kube_namespace, {"data/customers.parquet": paths["customers"]})
-    return kube_namespace
+    return churn_in_claim(chart, kube_namespace, tmp_path)
 
 
 EXAMPLE = ROOT / "examples" / "churn"

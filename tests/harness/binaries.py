@@ -24,6 +24,7 @@ KUBERNETES_VERSION = "v1.37.2"
 ETCD_VERSION = "v3.7.3"
 KWOK_VERSION = "v0.8.0"
 HELM_VERSION = "v3.22.0"
+KUBERAY_VERSION = "v1.5.0"
 
 
 def _version_ldflags(packages: list[str], version: str) -> list[str]:
@@ -163,6 +164,14 @@ CLUSTER_COMPONENTS: dict[str, Component] = {
         version="v0.8.0",
         commands={"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"},
         ldflags=["-X sigs.k8s.io/metrics-server/pkg/version.gitVersion=v0.8.0"],
+        static=True,
+    ),
+    # KubeRay's operator (quay.io/kuberay/operator:v1.5.0): the RayJob controller behind distributed TrainingJobs.
+    # Its CRDs and RBAC come from the same module (tests/harness/kuberay.py).
+    "kuberay": Component(
+        name="kuberay",
+        version=KUBERAY_VERSION,
+        commands={"ray-operator": "github.com/ray-project/kuberay/ray-operator"},
         static=True,
     ),
     # Last: it reuses most of the control plane's Go build cache.

@@ -484,6 +484,17 @@ class KindCluster:
         self.kubectl_run("wait", "--for=condition=Available", "apiservice/v1beta1.metrics.k8s.io",
                          "--timeout=120s")
 
+    def install_kuberay(self, image: str, log=print) -> None:
+        """KubeRay's operator and CRDs (tests/harness/kuberay.py); waits until its Deployment is available."""
+        from . import kuberay
+
+        started = time.monotonic()
+        self.kubectl_run("apply", "--server-side", "--force-conflicts", "-f", "-",
+                         input=kuberay.install_manifest(self.kubectl, image))
+        self.kubectl_run("rollout", "status", "-n", kuberay.NAMESPACE, "deployment/kuberay-operator",
+                         "--timeout=180s")
+        log(f"[kind] KubeRay {kuberay.VERSION} running in {kuberay.NAMESPACE} in {time.monotonic() - started:.0f}s")
+
     def load(self, image: str, nodes: list[str] | None = None) -> None:
         """`kind load docker-image` (kind skips nodes that already have the image)."""
         args = ["load", "docker-image", image, "--name", self.name]
@@ -510,11 +521,14 @@ def main(argv: list[str]) -> int:
                 node = node_image()
                 prometheus = prometheus_image()
                 metrics_server = metrics_server_image()
+                from . import kuberay
+
+                ray_operator = kuberay.operator_image()
                 project = project_build.result()
         except BuildError as err:
             print(f"[images] {err}")
             return 1
-        for tag in (node, prometheus, metrics_server, project.operator, project.runtime):
+        for tag in (node, prometheus, metrics_server, ray_operator, project.operator, project.runtime):
             print(f"  {tag:56} {images.size_mb(tag):,.0f} MB")
         print(f"[images] ready in {time.monotonic() - started:.0f}s")
         return 0

@@ -98,7 +98,11 @@ def test_a_training_job_becomes_a_ray_job_that_kuberays_schema_accepts(rayml: Ml
     spec = rayjob["spec"]
     assert spec["entrypoint"] == "python -m mlcycle_runtime.train --config /etc/mlcycle/config.json"
     assert spec["shutdownAfterJobFinishes"] is True and spec["activeDeadlineSeconds"] == 6 * 3600
-    assert spec["rayClusterSpec"]["workerGroupSpecs"] == [], "workers: 1 is the head alone"
+    [workers] = spec["rayClusterSpec"]["workerGroupSpecs"]
+    assert workers["replicas"] == 1, "workers: 1 is one worker pod; the head trains nothing"
+    assert spec["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    policy = client.NetworkingV1Api(ml.objects.api_client).read_namespaced_network_policy("churn-v1-ray", ml.namespace)
+    assert [(p.protocol, p.port) for p in policy.spec.ingress[1].ports] == [("TCP", 8265)]
     head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
     (container,) = head["containers"]
     assert container["name"] == "ray-head" and "command" not in container, "KubeRay supplies `ray start --head`"

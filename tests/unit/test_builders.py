@@ -563,33 +563,50 @@ def test_the_batch_job_pod_gets_the_sum_of_its_workers(distribution, cpu, memory
 
 
 @pytest.mark.parametrize(("workers", "gpu_per_worker"), [(1, 0), (3, 0), (3, 1), (8, 2)])
-def test_the_ray_job_has_one_head_and_workers_minus_one_worker_pods(workers, gpu_per_worker):
+def test_the_ray_job_has_one_head_without_cpus_for_ray_and_one_worker_pod_per_worker(workers, gpu_per_worker):
     distribution = {"workers": workers, "cpuPerWorker": 1, "memoryPerWorker": "2Gi", "gpuPerWorker": gpu_per_worker}
     ray_job = training.ray_job(job_spec(distribution=distribution), JOB_META, project_spec(), IMAGE)
-    groups = ray_job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    if workers == 1:
-        assert groups == []
-    else:
-        [group] = groups
-        assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == workers - 1
-    for resources in limits(ray_job):
-        assert parse_quantity(resources["cpu"]) == 1
-        assert resources["memory"] == "2Gi"
-        assert int(resources.get(GPU, 0)) == gpu_per_worker
-    for pod in pod_specs(ray_job):
-        assert ("tolerations" in pod) == (gpu_per_worker > 0)
+    cluster = ray_job["spec"]["rayClusterSpec"]
+    [group] = cluster["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] == workers
+    # The head offers Ray no CPU: trials and Ray Train workers can only land on the worker pods.
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    [head] = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert GPU not in head["resources"]["limits"] and "tolerations" not in cluster["headGroupSpec"]["template"]["spec"]
+    [worker] = group["template"]["spec"]["containers"]
+    for resources in (head["resources"]["limits"], head["resources"]["requests"]):
+        assert parse_quantity(resources["cpu"]) == 1 and resources["memory"] == "2Gi"
+    worker_limits = worker["resources"]["limits"]
+    assert parse_quantity(worker_limits["cpu"]) == 1 and worker_limits["memory"] == "2Gi"
+    assert int(worker["resources"]["limits"].get(GPU, 0)) == gpu_per_worker
+    assert ("tolerations" in group["template"]["spec"]) == (gpu_per_worker > 0)
 
 
 def test_the_ray_job_runs_the_trainer_as_its_entrypoint():
     ray_job = training.ray_job(job_spec(distribution={"workers": 2}), JOB_META, project_spec(), IMAGE)
     assert ray_job["spec"]["entrypoint"] == " ".join(common.runtime_command("train"))
     assert ray_job["spec"]["shutdownAfterJobFinishes"] is True
+    assert ray_job["spec"]["ttlSecondsAfterFinished"] == training.RAY_CLUSTER_TTL_SECONDS
     head, worker = containers(ray_job)
     assert (head["name"], worker["name"]) == ("ray-head", "ray-worker")
     assert "command" not in head and "command" not in worker  # KubeRay starts Ray itself
     for container in (head, worker):
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["RAY_TMPDIR"].startswith("/tmp/")
+
+
+def test_the_ray_jobs_submitter_is_a_small_restricted_pod_of_the_runtime_image():
+    """KubeRay's submitter pod (ray job submit, then the job's logs) is ours to shape: without a template KubeRay
+    gives it no security context and its own requests."""
+    ray_job = training.ray_job(job_spec(distribution={"workers": 2}), JOB_META, project_spec(), IMAGE)
+    template = ray_job["spec"]["submitterPodTemplate"]
+    assert template["metadata"]["labels"][common.LABEL_COMPONENT] == training.SUBMITTER_COMPONENT
+    [container] = template["spec"]["containers"]
+    assert container["image"] == IMAGE and "command" not in container  # KubeRay writes `ray job submit ...`
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["resources"]["limits"] == {"cpu": "100m", "memory": "512Mi"}
+    assert template["spec"]["restartPolicy"] == "Never"
+    assert [m["mountPath"] for m in container["volumeMounts"]] == ["/tmp"]
 
 
 @pytest.mark.parametrize(("deadline", "seconds"), [(None, 6 * 3600), ("90m", 5400), ("1h30m", 5400), ("45s", 45)])
@@ -1006,3 +1023,33 @@ def test_the_longest_owner_name_the_api_allows_still_gives_valid_names_and_label
     for obj in built:
         assert len(name_of(obj)) <= 63
         assert all(len(value) <= 63 for value in obj["metadata"]["labels"].values())
+
+
+@pytest.mark.parametrize(("kuberay_namespace", "namespace_selector"), [
+    ("", {}), ("kuberay-system", {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}})])
+def test_a_ray_jobs_network_policy_opens_the_dashboard_to_its_submitter_and_kuberay_only(kuberay_namespace,
+                                                                                       namespace_selector):
+    spec = job_spec(distribution={"workers": 2})
+    ray_job = training.ray_job(spec, JOB_META, project_spec(), IMAGE)
+    policy = training.ray_network_policy(spec, JOB_META, kuberay_namespace)
+    selects = policy["spec"]["podSelector"]["matchLabels"]
+
+    def selected(labels: dict) -> bool:
+        return all(labels.get(k) == v for k, v in selects.items())
+
+    cluster = ray_job["spec"]["rayClusterSpec"]
+    head, workers = cluster["headGroupSpec"]["template"], cluster["workerGroupSpecs"][0]["template"]
+    submitter = ray_job["spec"]["submitterPodTemplate"]
+    assert selected(head["metadata"]["labels"]) and selected(workers["metadata"]["labels"])
+    assert not selected(submitter["metadata"]["labels"])  # it takes no connections
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    among, dashboard = policy["spec"]["ingress"]
+    assert among == {"from": [{"podSelector": {"matchLabels": selects}}]}  # Ray's own traffic, any port
+    assert dashboard["ports"] == [{"protocol": "TCP", "port": 8265}]
+    by_submitter, by_kuberay = dashboard["from"]
+    assert all(submitter["metadata"]["labels"].get(k) == v
+               for k, v in by_submitter["podSelector"]["matchLabels"].items())
+    assert by_kuberay == {"podSelector": {"matchLabels": {"app.kubernetes.io/component": "kuberay-operator"}},
+                          "namespaceSelector": namespace_selector}
+    # The submitter reaches the dashboard that KubeRay's Service points at: the head's, bound to every address.
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"

@@ -231,7 +231,8 @@ GROUPS = {
     "Role": "rbac.authorization.k8s.io", "RoleBinding": "rbac.authorization.k8s.io",
     "Deployment": "apps", "Job": "batch", "CronJob": "batch",
     "HorizontalPodAutoscaler": "autoscaling", "PodDisruptionBudget": "policy",
-    "RayJob": "ray.io", "ServiceMonitor": "monitoring.coreos.com", "PrometheusRule": "monitoring.coreos.com",
+    "RayJob": "ray.io", "NetworkPolicy": "networking.k8s.io", "ServiceMonitor": "monitoring.coreos.com",
+    "PrometheusRule": "monitoring.coreos.com",
     "MLProject": "mlcycle.io", "TrainingJob": "mlcycle.io", "ModelDeployment": "mlcycle.io",
     "DriftMonitor": "mlcycle.io",
 }

@@ -246,6 +246,8 @@ class Lineage(ApiModel):
     start_time: datetime | None = Field(None, description="Training start.")
     end_time: datetime | None = Field(None, description="Training end.")
     rows: dict[str, int] = Field(default_factory=dict, description="Rows per split: train, validation, test.")
+    hosts: list[str] = Field(default_factory=list, description="Where data-parallel training ran: the hosts (pods, "
+                             "on Kubernetes) of its Ray Train workers, sorted. Empty for one-process training.")
 
 
 class Workload(ApiModel):

@@ -50,9 +50,12 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
         kind = "RayJob" if _kuberay_installed() else "Job"
         build = builders.ray_job if kind == "RayJob" else builders.batch_job
         workload = build(job, meta, project_spec, image)
+        children = [builders.config_map(job, meta, config), workload]
+        if kind == "RayJob":  # before the RayJob: the head's dashboard is never open to every pod
+            children.insert(1, builders.ray_network_policy(job, meta, memo.config.kuberay_namespace))
         now = cond.now().isoformat().replace("+00:00", "Z")
         try:
-            _children.apply_owned(body, [builders.config_map(job, meta, config), workload], cache)
+            _children.apply_owned(body, children, cache)
         except kube.ApiException as err:
             if err.status not in (400, 422):  # the API server is unwell or busy: Kopf tries again
                 raise

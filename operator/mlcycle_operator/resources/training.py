@@ -13,6 +13,7 @@ from .common import Meta
 
 KIND = "TrainingJob"
 COMPONENT = "training"
+SUBMITTER_COMPONENT = "training-submitter"
 
 
 def config_map_name(job: str) -> str:
@@ -111,22 +112,40 @@ def batch_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, im
     }
 
 
+# KubeRay deletes a RayJob's Ray cluster (head and workers) this long after the job ends (its
+# shutdownAfterJobFinishes): long enough for the operator's next look at the pods, which says why a job failed.
+RAY_CLUSTER_TTL_SECONDS = 30
+# The submitter pod KubeRay starts for the job (`ray job submit`, then the job's logs until it ends): so
+# `kubectl logs job/<job>-train` shows the trainer's output. It runs no training.
+SUBMITTER_RESOURCES = Resources.model_construct(cpu="100m", memory="512Mi", gpu=0)
+
+
+def _submitter_pod(spec: TrainingJobSpec, image: str, pull_policy: str) -> dict[str, Any]:
+    tmp_volume, tmp_mount = common.scratch_volume()
+    container = {
+        "name": "ray-job-submitter",
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "resources": common.resource_requirements(SUBMITTER_RESOURCES),
+        "securityContext": common.restricted_container_security(),
+        "volumeMounts": [tmp_mount],
+    }
+    return project.workload_pod(spec.project, container, [tmp_volume], restartPolicy="Never")
+
+
 def ray_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str) -> dict[str, Any]:
-    """With KubeRay: a RayJob whose cluster has one head and `workers - 1` worker pods."""
+    """With KubeRay: a RayJob whose cluster has one head and `workers` worker pods. The head runs Ray's control
+    plane and the trainer (the job's driver) but no training: it offers Ray no CPU (num-cpus 0), so every trial and
+    Ray Train worker is placed on the worker pods, each with `cpuPerWorker`, `memoryPerWorker`, `gpuPerWorker`."""
     lbls = common.labels(KIND, meta.name, COMPONENT, project=spec.project)
-    head = _pod_spec(spec, meta, project_spec, image, _worker_resources(spec), restart="Never")
+    dist = spec.distribution
+    head_resources = Resources.model_construct(cpu=_cpu(dist.cpu_per_worker), memory=dist.memory_per_worker, gpu=0)
+    head = _pod_spec(spec, meta, project_spec, image, head_resources, restart="Never")
     head["containers"][0]["name"] = "ray-head"
     head["containers"][0].pop("command")
     worker = _pod_spec(spec, meta, project_spec, image, _worker_resources(spec), restart="Never")
     worker["containers"][0]["name"] = "ray-worker"
     worker["containers"][0].pop("command")
-    worker_groups = []
-    if spec.distribution.workers > 1:
-        replicas = spec.distribution.workers - 1
-        worker_groups.append({
-            "groupName": "workers", "replicas": replicas, "minReplicas": replicas, "maxReplicas": replicas,
-            "rayStartParams": {}, "template": {"metadata": {"labels": lbls}, "spec": worker},
-        })
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
@@ -134,14 +153,61 @@ def ray_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, imag
         "spec": {
             "entrypoint": " ".join(common.runtime_command("train")),
             "shutdownAfterJobFinishes": True,
-            "ttlSecondsAfterFinished": 3600,
+            "ttlSecondsAfterFinished": RAY_CLUSTER_TTL_SECONDS,
             "activeDeadlineSeconds": int(parse_duration(spec.active_deadline)),
             "backoffLimit": spec.backoff_limit,
-            "rayClusterSpec": {
-                "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0"},
-                                  "template": {"metadata": {"labels": lbls}, "spec": head}},
-                "workerGroupSpecs": worker_groups,
+            "submitterPodTemplate": {
+                "metadata": {"labels": {**lbls, common.LABEL_COMPONENT: SUBMITTER_COMPONENT}},
+                "spec": _submitter_pod(spec, image, project_spec.defaults.image_pull_policy),
             },
+            "rayClusterSpec": {
+                # The dashboard serves the job-submission API: the submitter pod and KubeRay reach it through the
+                # head's Service, and the job's NetworkPolicy admits no one else (docs/trainingjob.md).
+                "headGroupSpec": {"rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+                                  "template": {"metadata": {"labels": lbls}, "spec": head}},
+                "workerGroupSpecs": [{
+                    "groupName": "workers", "replicas": dist.workers, "minReplicas": dist.workers,
+                    "maxReplicas": dist.workers, "rayStartParams": {},
+                    "template": {"metadata": {"labels": lbls}, "spec": worker},
+                }],
+            },
+        },
+    }
+
+
+# Ray's dashboard on a head: the job-submission API, job status and logs (and the State API).
+DASHBOARD_PORT = 8265
+# KubeRay's operator pods, as both its Helm chart and its kustomize manifests label them.
+KUBERAY_OPERATOR_LABELS = {"app.kubernetes.io/component": "kuberay-operator"}
+
+
+def network_policy_name(job: str) -> str:
+    return common.child_name(job, "ray")
+
+
+def ray_network_policy(spec: TrainingJobSpec, meta: Meta, kuberay_namespace: str = "") -> dict[str, Any]:
+    """Who may connect to the pods of a RayJob's Ray cluster: each other, on any port (GCS, raylets, object
+    transfers); and on the dashboard port (job submission, status, logs) the job's own submitter pod and KubeRay's
+    operator, which polls the job's status there. Nobody else: any pod could otherwise submit code to the head.
+    Enforced where the cluster's network plugin enforces NetworkPolicy."""
+    ray_pods = {"matchLabels": common.labels(KIND, meta.name, COMPONENT, project=spec.project)}
+    submitter = {"matchLabels": common.labels(KIND, meta.name, SUBMITTER_COMPONENT, project=spec.project)}
+    kuberay: dict[str, Any] = {"podSelector": {"matchLabels": dict(KUBERAY_OPERATOR_LABELS)},
+                               "namespaceSelector": ({"matchLabels": {"kubernetes.io/metadata.name": kuberay_namespace}}
+                                                     if kuberay_namespace else {})}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": network_policy_name(meta.name), "namespace": meta.namespace,
+                     "labels": common.labels(KIND, meta.name, COMPONENT, project=spec.project)},
+        "spec": {
+            "podSelector": ray_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": ray_pods}]},
+                {"from": [{"podSelector": submitter}, kuberay],
+                 "ports": [{"protocol": "TCP", "port": DASHBOARD_PORT}]},
+            ],
         },
     }
 

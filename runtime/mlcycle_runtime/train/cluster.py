@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -94,3 +96,69 @@ def storage_path(config: TrainConfig, scratch: Path) -> str:
         url = storage.resolve(storage.join(config.storage.uri, config.project, "_ray", config.name))
         return url.removeprefix("file://")
     return str(scratch)
+
+
+def train_worker_hosts() -> list[str]:
+    """The hosts (pod names, on Kubernetes) Ray Train's workers ran on, sorted. A local Ray runs them all here; on
+    a Ray cluster they are read from Ray's State API (the head's dashboard), [] if it does not answer."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return [socket.gethostname()]
+    import ray
+    from ray.util.state import list_actors
+
+    try:
+        actors = list_actors(filters=[("class_name", "=", "RayTrainWorker")], limit=10_000,
+                             raise_on_missing_output=False)
+        hosts = {node["NodeID"]: node["NodeManagerHostname"] for node in ray.nodes()}
+    except Exception as err:  # the State API is an aid here, not a reason to fail a trained model
+        logging.getLogger(__name__).warning("could not read where Ray Train's workers ran: %s", err)
+        return []
+    return sorted({hosts.get(actor.node_id, actor.node_id) for actor in actors})
+
+
+# Ray's memory monitor, when it kills a worker: "Memory on the node (IP: 10.244.1.9, ID: ...) where the task (...)
+# was running was 1.43GB / 1.50GB (0.953), which exceeds the memory usage threshold of 0.95."
+_MEMORY_KILL = re.compile(r"Memory on the node \(IP: (?P<ip>[0-9.]+), ID: \w+\) where the task .*? was running was "
+                          r"(?P<used>[0-9.]+ ?[KMGT]?i?B) / (?P<total>[0-9.]+ ?[KMGT]?i?B)", re.S)
+
+
+def _full_text(error: BaseException | str) -> str:
+    """An error's whole text: Ray Train's WorkerGroupError shortens each worker's traceback in its message, and
+    keeps the workers' own exceptions beside it."""
+    if isinstance(error, str):
+        return error
+    failures = getattr(error, "worker_failures", None) or {}
+    return "\n".join([str(error), *(f"{type(e).__name__}: {e}" for e in failures.values())])
+
+
+def explain(message: str, error: BaseException | str | None = None) -> str:
+    """`message`, preceded by what the Ray cluster knows of the cause (`describe`); unchanged off a Ray cluster."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return message
+    try:
+        import ray
+
+        if not ray.is_initialized():
+            return message
+        nodes = ray.nodes()
+    except Exception:  # the cluster is what failed: Ray's own words are all there is
+        return message
+    return describe(message, _full_text(error if error is not None else message), nodes)
+
+
+def describe(message: str, text: str, nodes: list[dict]) -> str:
+    """`message` preceded by the cause and the pod, where `text` (the error's whole text) and Ray's `nodes`
+    (ray.nodes(): on Kubernetes a node is a pod, its hostname the pod's name) show one: a worker that Ray's memory
+    monitor killed, or nodes that died (a pod deleted, evicted or killed) while the job ran."""
+    pods = {n.get("NodeManagerAddress"): n.get("NodeManagerHostname") for n in nodes}
+    killed = _MEMORY_KILL.search(text)
+    if killed:
+        pod = pods.get(killed["ip"]) or killed["ip"]
+        return (f"out of memory on pod {pod}: Ray's memory monitor killed a training worker there at "
+                f"{killed['used']} of {killed['total']} (the pod's memory limit, distribution.memoryPerWorker); "
+                f"raise memoryPerWorker. Ray said: {message}")
+    dead = sorted(n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in nodes if not n.get("Alive"))
+    if dead:
+        return (f"Ray lost {'pod' if len(dead) == 1 else 'pods'} {', '.join(dead)} while training (deleted, "
+                f"evicted or killed: `kubectl get events` says which); Ray said: {message}")
+    return message

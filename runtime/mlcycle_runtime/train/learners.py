@@ -214,7 +214,10 @@ def fit_distributed(learner: Learner, sampled: dict[str, Any], data_ref: Any, wo
         _worker_loop,
         train_loop_config={"learner": learner, "sampled": sampled, "data": data_ref, "rounds": rounds,
                            "include_validation": include_validation},
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker=resources),
+        # One worker per Ray node where the cluster has several (a RayJob's worker pods): data parallelism across
+        # machines, and one pod's loss is one worker's. PACK would fill the first pod's CPUs first.
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker=resources,
+                                               placement_strategy="SPREAD"),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or [],
                                        failure_config=ray.train.FailureConfig(max_failures=0)),
     )

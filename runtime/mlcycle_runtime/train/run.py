@@ -76,12 +76,12 @@ class Run:
             self.train_and_save(learner, plan, loaded, split, scratch)
             return 0
         except Failed as err:
-            return self.fail(str(err))
+            return self.fail(cluster.explain(str(err), err.__cause__ or str(err)))
         except EXPECTED as err:
             return self.fail(str(err))
         except Exception as err:
             traceback.print_exc()
-            return self.fail(f"{type(err).__name__}: {err}")
+            return self.fail(cluster.explain(f"{type(err).__name__}: {err}", err))
         finally:
             cluster.stop(started)
             shutil.rmtree(scratch, ignore_errors=True)
@@ -175,6 +175,8 @@ class Run:
         if rounds:
             params["num_boost_round"] = rounds
         self.result["lineage"].update(params=params, image=os.environ.get("MLCYCLE_IMAGE") or spec.image)
+        if spec.distribution.workers > 1:
+            self.result["lineage"]["hosts"] = cluster.train_worker_hosts()
         if not len(split.test):
             self.result.setdefault("notes", []).append("testFraction is 0: metrics are on the validation rows")
 

@@ -36,3 +36,44 @@ def test_missing_gpus_are_refused_when_the_cluster_counts_them():
 def test_a_local_ray_takes_what_the_workers_ask_up_to_the_machine():
     assert cluster.local_cpus(dist(workers=1, cpuPerWorker=1)) == 1
     assert cluster.local_cpus(dist(workers=1000, cpuPerWorker=1)) == cluster.machine_cpus()
+
+
+NODES = [
+    {"NodeManagerAddress": "10.244.1.8", "NodeManagerHostname": "churn-v1-train-x7k2p-head-4hq9z", "Alive": True},
+    {"NodeManagerAddress": "10.244.1.9", "NodeManagerHostname": "churn-v1-train-x7k2p-workers-worker-5w7px",
+     "Alive": True},
+    {"NodeManagerAddress": "10.244.1.10", "NodeManagerHostname": "churn-v1-train-x7k2p-workers-worker-wk5sb",
+     "Alive": True},
+]
+# What Ray's memory monitor writes when it kills a worker (Ray 2.60), shortened.
+MEMORY_KILL = ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
+               "Memory on the node (IP: 10.244.1.9, ID: 3fa0c1) where the task (actor ID: 77ab, name=RayTrainWorker."
+               "__init__, pid=412, memory used=0.61GB) was running was 1.43GB / 1.50GB (0.953), which exceeds the "
+               "memory usage threshold of 0.95. Ray killed this worker (ID: 9c1e) because it was the most recently "
+               "scheduled task")
+
+
+def test_a_worker_killed_by_rays_memory_monitor_is_named_by_its_pod_with_what_to_raise():
+    said = cluster.describe("WorkerGroupError: Training failed due to worker errors", MEMORY_KILL, NODES)
+    assert said.startswith("out of memory on pod churn-v1-train-x7k2p-workers-worker-5w7px: ")
+    assert "1.43GB of 1.50GB" in said and "raise memoryPerWorker" in said
+    assert said.endswith("Ray said: WorkerGroupError: Training failed due to worker errors")
+
+
+def test_a_ray_node_lost_during_training_is_named_by_its_pod():
+    nodes = [*NODES[:2], {**NODES[2], "Alive": False}]
+    said = cluster.describe("ActorDiedError: The actor died unexpectedly", "ActorDiedError: ...", nodes)
+    assert said.startswith("Ray lost pod churn-v1-train-x7k2p-workers-worker-wk5sb while training")
+    assert said.endswith("Ray said: ActorDiedError: The actor died unexpectedly")
+
+
+def test_an_error_ray_knows_nothing_more_of_is_left_as_it_is():
+    assert cluster.describe("bad data: 3 problems", "bad data: 3 problems", NODES) == "bad data: 3 problems"
+
+
+def test_the_whole_text_of_a_worker_group_error_includes_each_workers_own_error():
+    class WorkerGroupError(Exception):
+        worker_failures = {0: RuntimeError(MEMORY_KILL)}
+
+    text = cluster._full_text(WorkerGroupError("Training failed due to worker errors: ... (Output truncated)"))
+    assert "Memory on the node (IP: 10.244.1.9" in text and "Output truncated" in text
