@@ -186,3 +186,20 @@ def test_a_head_image_that_does_not_exist_and_a_request_no_node_can_hold_are_sai
     unschedulable = degraded_in_words(ray, ns, "churn-huge", "Unschedulable", "cannot be scheduled",
                                       "Insufficient cpu")
     assert "churn-huge-train-" in unschedulable["message"], unschedulable
+
+
+def test_a_ray_worker_over_its_memory_limit_fails_the_job_naming_the_pod(ray: KindHandle, kube_namespace: str,
+                                                                         tmp_path: Path):
+    """Deep trees over fine bins: XGBoost's histograms take several GB in each training worker, past its 2Gi;
+    the head, which trains nothing, is not touched. Whoever kills the worker (Ray's memory monitor or the kernel),
+    the job fails saying out of memory, the pod, and memoryPerWorker."""
+    ns = churn_in_claim(ray, kube_namespace, tmp_path, rows=20_000)
+    job = distributed_job("churn-greedy")
+    job["spec"]["tuning"]["numSamples"] = 1
+    job["spec"]["tuning"].pop("searchSpace")
+    job["spec"]["model"]["params"].update(max_depth=20, max_bin=65536, min_child_weight=0)
+    apply(ray, ns, job)
+    status = finished(ray, ns, "churn-greedy", timeout=420)
+    assert status["phase"] == "Failed", json.dumps(status, indent=1)[:3000]
+    degraded = degraded_in_words(ray, ns, "churn-greedy", "TrainingFailed", "memoryPerWorker", "-workers-worker-")
+    assert "out of memory on pod" in degraded["message"] or "OOM killer" in degraded["message"], degraded

@@ -116,13 +116,18 @@ def train_worker_hosts() -> list[str]:
     return sorted({hosts.get(actor.node_id, actor.node_id) for actor in actors})
 
 
-# Ray's memory monitor, when it kills a worker: "Memory on the node (IP: 10.244.1.9, ID: ...) where the task (...)
-# was running was 1.43GB / 1.50GB (0.953), which exceeds the memory usage threshold of 0.95."
-_MEMORY_KILL = re.compile(r"Memory on the node \(IP: (?P<ip>[0-9.]+), ID: \w+\) where the task .*? was running was "
-                          r"(?P<used>[0-9.]+ ?[KMGT]?i?B) / (?P<total>[0-9.]+ ?[KMGT]?i?B)", re.S)
+# Ray's memory monitor, when it kills a worker: "Memory on the node (IP: 10.244.1.9, ID: ...) was 1.90GB used /
+# 2.00GB limit (0.95...)" (Ray 2.56 on; before: "... where the task (...) was running was 1.43GB / 1.50GB").
+_MEMORY_KILL = re.compile(r"Memory on the node \(IP: (?P<ip>[0-9.]+), ID: \w+\)(?: where the task .*? was running)? "
+                          r"was (?P<used>[0-9.]+ ?[KMGT]?i?B)(?: used)? / (?P<total>[0-9.]+ ?[KMGT]?i?B)", re.S)
+
+# A worker process that ended without a word (SIGKILL: the kernel's OOM killer at the pod's memory limit, most
+# often), as Ray reports its actor: "... ip: 10.244.1.9 ... Worker unexpectedly exits with a connection error code".
+_PROCESS_DIED = "Worker unexpectedly exits"
+_ACTOR_IP = re.compile(r"\bip: (?P<ip>[0-9]+(?:\.[0-9]+){3})")
 
 
-def _full_text(error: BaseException | str) -> str:
+def full_text(error: BaseException | str) -> str:
     """An error's whole text: Ray Train's WorkerGroupError shortens each worker's traceback in its message, and
     keeps the workers' own exceptions beside it."""
     if isinstance(error, str):
@@ -143,13 +148,14 @@ def explain(message: str, error: BaseException | str | None = None) -> str:
         nodes = ray.nodes()
     except Exception:  # the cluster is what failed: Ray's own words are all there is
         return message
-    return describe(message, _full_text(error if error is not None else message), nodes)
+    return describe(message, full_text(error if error is not None else message), nodes)
 
 
 def describe(message: str, text: str, nodes: list[dict]) -> str:
     """`message` preceded by the cause and the pod, where `text` (the error's whole text) and Ray's `nodes`
     (ray.nodes(): on Kubernetes a node is a pod, its hostname the pod's name) show one: a worker that Ray's memory
-    monitor killed, or nodes that died (a pod deleted, evicted or killed) while the job ran."""
+    monitor killed, nodes that died (a pod deleted, evicted or killed) while the job ran, or a worker process killed
+    without a word (the kernel's OOM killer, most often)."""
     pods = {n.get("NodeManagerAddress"): n.get("NodeManagerHostname") for n in nodes}
     killed = _MEMORY_KILL.search(text)
     if killed:
@@ -161,4 +167,9 @@ def describe(message: str, text: str, nodes: list[dict]) -> str:
     if dead:
         return (f"Ray lost {'pod' if len(dead) == 1 else 'pods'} {', '.join(dead)} while training (deleted, "
                 f"evicted or killed: `kubectl get events` says which); Ray said: {message}")
+    died = _ACTOR_IP.search(text) if _PROCESS_DIED in text else None
+    if died:
+        pod = pods.get(died["ip"]) or died["ip"]
+        return (f"a training worker's process on pod {pod} was killed (most often by the kernel's OOM killer at the "
+                f"pod's memory limit, distribution.memoryPerWorker: raise it); Ray said: {message}")
     return message

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from mlcycle_runtime.model import Predictor
-from mlcycle_runtime.train import evaluate
+from mlcycle_runtime.train import cluster, evaluate
 
 SUPPORTED = ("xgboost", "sklearn")
 DEFAULT_ROUNDS = 100
@@ -27,6 +27,10 @@ DEFAULT_ESTIMATORS = {"binary": "sklearn.ensemble.HistGradientBoostingClassifier
                       "regression": "sklearn.ensemble.HistGradientBoostingRegressor"}
 # Parameters that belong to the training loop rather than to xgboost's booster.
 LOOP_KEYS = (*ROUND_KEYS, "early_stopping_rounds", "verbosity")
+
+
+class WorkersFailed(Exception):
+    """Ray Train's workers failed; the message holds each worker's own error in full (where it ran, why)."""
 
 
 class LearnerError(Exception):
@@ -221,7 +225,13 @@ def fit_distributed(learner: Learner, sampled: dict[str, Any], data_ref: Any, wo
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or [],
                                        failure_config=ray.train.FailureConfig(max_failures=0)),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        if not getattr(err, "worker_failures", None):
+            raise
+        # Ray Train shortens each worker's error in its message; Tune keeps only the message of a trial's error.
+        raise WorkersFailed(cluster.full_text(err)) from err
     if not include_validation:
         return None
     import xgboost as xgb

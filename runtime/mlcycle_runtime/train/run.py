@@ -36,6 +36,10 @@ class Failed(Exception):
     """The run cannot go on; the message is the report's one-line error."""
 
 
+class TrialsFailed(Exception):
+    """The whole text of every failed trial's error (the cause of a Failed that shows the first one's last line)."""
+
+
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -229,7 +233,8 @@ class Run:
         best = progress.best()
         if best is None:
             first = progress.errors[0] if progress.errors else "no trial reported a result"
-            raise Failed(f"every trial failed ({len(progress.errors)} of {plan.total}): {first}")
+            raise Failed(f"every trial failed ({len(progress.errors)} of {plan.total}): {first}") from TrialsFailed(
+                "\n".join(progress.error_texts))
         return best
 
     def refit(self, learner: learners.Learner, config: dict[str, Any], data: learners.Data, rounds: int | None,

@@ -159,6 +159,7 @@ class Progress:
     finished: int = 0
     stopped_early: int = 0
     errors: list[str] = field(default_factory=list)
+    error_texts: list[str] = field(default_factory=list)  # each error's whole text: where it happened, why
     per_trial: dict[str, TrialBest] = field(default_factory=dict)
     last_round: dict[str, int] = field(default_factory=dict)
     _last_sent: float = -math.inf
@@ -189,10 +190,11 @@ class Progress:
             out["best"] = {"config": best.config, "metrics": {k: round(v, 6) for k, v in best.metrics.items()}}
         return out
 
-    def done(self, trial_id: str = "", error: str | None = None) -> None:
+    def done(self, trial_id: str = "", error: str | None = None, text: str = "") -> None:
         self.finished += 1
         if error:
             self.errors.append(error)
+            self.error_texts.append(text or error)
         elif self.max_rounds and self.last_round.get(trial_id, self.max_rounds) < self.max_rounds:
             self.stopped_early += 1
         best = self.best()
@@ -221,12 +223,13 @@ def tune_callback(progress: Progress) -> Any:
             progress.done(trial.trial_id)
 
         def on_trial_error(self, iteration, trials, trial, **info):
-            progress.done(trial.trial_id, error=_trial_error(trial))
+            progress.done(trial.trial_id, *_trial_error(trial))
 
     return _Feed()
 
 
-def _trial_error(trial: Any) -> str:
+def _trial_error(trial: Any) -> tuple[str, str]:
+    """A failed trial's error: its last line (what the report shows) and its whole text."""
     text = ""
     try:
         path = getattr(trial, "error_file", None) or ""
@@ -236,4 +239,4 @@ def _trial_error(trial: Any) -> str:
     except OSError:
         pass
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else f"trial {trial.trial_id} failed"
+    return (lines[-1] if lines else f"trial {trial.trial_id} failed"), text

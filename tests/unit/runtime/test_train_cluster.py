@@ -53,10 +53,18 @@ MEMORY_KILL = ("ray.exceptions.OutOfMemoryError: Task was killed due to the node
                "scheduled task")
 
 
-def test_a_worker_killed_by_rays_memory_monitor_is_named_by_its_pod_with_what_to_raise():
-    said = cluster.describe("WorkerGroupError: Training failed due to worker errors", MEMORY_KILL, NODES)
+# Ray 2.56 and later.
+MEMORY_KILL_NOW = ("ray.exceptions.OutOfMemoryError: Task was killed due to the node running low on memory.\n"
+                   "Memory on the node (IP: 10.244.1.9, ID: 3fa0c1) was 1.90GB used / 2.00GB limit (0.951), which "
+                   "exceeds the memory usage threshold of 0.95.")
+
+
+@pytest.mark.parametrize(("text", "amounts"), [(MEMORY_KILL, "1.43GB of 1.50GB"),
+                                               (MEMORY_KILL_NOW, "1.90GB of 2.00GB")])
+def test_a_worker_killed_by_rays_memory_monitor_is_named_by_its_pod_with_what_to_raise(text, amounts):
+    said = cluster.describe("WorkerGroupError: Training failed due to worker errors", text, NODES)
     assert said.startswith("out of memory on pod churn-v1-train-x7k2p-workers-worker-5w7px: ")
-    assert "1.43GB of 1.50GB" in said and "raise memoryPerWorker" in said
+    assert amounts in said and "raise memoryPerWorker" in said
     assert said.endswith("Ray said: WorkerGroupError: Training failed due to worker errors")
 
 
@@ -75,5 +83,17 @@ def test_the_whole_text_of_a_worker_group_error_includes_each_workers_own_error(
     class WorkerGroupError(Exception):
         worker_failures = {0: RuntimeError(MEMORY_KILL)}
 
-    text = cluster._full_text(WorkerGroupError("Training failed due to worker errors: ... (Output truncated)"))
+    text = cluster.full_text(WorkerGroupError("Training failed due to worker errors: ... (Output truncated)"))
     assert "Memory on the node (IP: 10.244.1.9" in text and "Output truncated" in text
+
+
+def test_a_worker_process_killed_without_a_word_is_named_by_its_pod_as_a_likely_oom_kill():
+    text = ("ActorDiedError: The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker\n"
+            "\tactor_id: 77ab\n\tpid: 412\n\tnamespace: 5e1c\n\tip: 10.244.1.10\nThe actor is dead because its worker "
+            "process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a "
+            "connection error code 2. End of file. Some common causes include: (1) the process was killed by the "
+            "OOM killer due to high memory usage")
+    said = cluster.describe("every trial failed (1 of 1): ...", text, NODES)
+    assert said.startswith("a training worker's process on pod churn-v1-train-x7k2p-workers-worker-wk5sb was "
+                           "killed (most often by the kernel's OOM killer")
+    assert "memoryPerWorker" in said

@@ -167,3 +167,13 @@ def test_a_failed_trial_counts_as_finished_with_its_error():
     progress = search.Progress(2, "roc_auc", "max")
     progress.done("a", error="ValueError: bad")
     assert (progress.finished, progress.errors, progress.best()) == (1, ["ValueError: bad"], None)
+
+
+def test_a_failed_trial_keeps_its_whole_error_beside_its_last_line():
+    progress = search.Progress(total=2, metric="roc_auc", mode="max")
+    progress.done("a", "Refer to the documentation", "OutOfMemoryError: Memory on the node (IP: 10.0.0.1, ...)\n"
+                                                     "Refer to the documentation")
+    progress.done("b", "ValueError: bad")
+    assert progress.errors == ["Refer to the documentation", "ValueError: bad"]
+    assert progress.error_texts[0].startswith("OutOfMemoryError: Memory on the node (IP: 10.0.0.1")
+    assert progress.error_texts[1] == "ValueError: bad"
