@@ -193,7 +193,7 @@ def test_a_ray_worker_over_its_memory_limit_fails_the_job_naming_the_pod(ray: Ki
     """Deep trees over fine bins: XGBoost's histograms take several GB in each training worker, past its 2Gi;
     the head, which trains nothing, is not touched. Whoever kills the worker (Ray's memory monitor or the kernel),
     the job fails saying out of memory, the pod, and memoryPerWorker."""
-    ns = churn_in_claim(ray, kube_namespace, tmp_path, rows=20_000)
+    ns = churn_in_claim(ray, kube_namespace, tmp_path, rows=30_000)
     job = distributed_job("churn-greedy")
     job["spec"]["tuning"]["numSamples"] = 1
     job["spec"]["tuning"].pop("searchSpace")
