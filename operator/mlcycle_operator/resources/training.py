@@ -190,7 +190,8 @@ def ray_network_policy(spec: TrainingJobSpec, meta: Meta, kuberay_namespace: str
     transfers); and on the dashboard port (job submission, status, logs) the job's own submitter pod and KubeRay's
     operator, which polls the job's status there. Nobody else: any pod could otherwise submit code to the head.
     Enforced where the cluster's network plugin enforces NetworkPolicy."""
-    ray_pods = {"matchLabels": common.labels(KIND, meta.name, COMPONENT, project=spec.project)}
+    labels = common.labels(KIND, meta.name, COMPONENT, project=spec.project)
+    ray_pods = {"matchLabels": labels}
     submitter = {"matchLabels": common.labels(KIND, meta.name, SUBMITTER_COMPONENT, project=spec.project)}
     kuberay: dict[str, Any] = {"podSelector": {"matchLabels": dict(KUBERAY_OPERATOR_LABELS)},
                                "namespaceSelector": ({"matchLabels": {"kubernetes.io/metadata.name": kuberay_namespace}}
@@ -198,8 +199,7 @@ def ray_network_policy(spec: TrainingJobSpec, meta: Meta, kuberay_namespace: str
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
-        "metadata": {"name": network_policy_name(meta.name), "namespace": meta.namespace,
-                     "labels": common.labels(KIND, meta.name, COMPONENT, project=spec.project)},
+        "metadata": {"name": network_policy_name(meta.name), "namespace": meta.namespace, "labels": dict(labels)},
         "spec": {
             "podSelector": ray_pods,
             "policyTypes": ["Ingress"],
