@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # uv resolves and installs the pinned lock in seconds; pinned itself so every machine gets the same.
 UV_VERSION := 0.13.9
 SETUP_STAMP := $(VENV)/.installed
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 DEMO_ARGS ?=
 HARNESS := $(PYTHON) -m tests.harness
 

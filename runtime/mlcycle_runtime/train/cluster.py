@@ -8,6 +8,7 @@ import os
 import re
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 from mlcycle_runtime import storage
@@ -87,6 +88,12 @@ def check_fits(dist: Distribution) -> None:
     fits(dist, have.get("CPU", 0), have.get("GPU", 0))
 
 
+def placement_strategy() -> str:
+    """How Ray Train places its workers: one per node on a RayJob's cluster (STRICT_SPREAD: a worker waits for its
+    own pod rather than share another's memory), anywhere on a local Ray (one node)."""
+    return "STRICT_SPREAD" if os.environ.get("RAY_ADDRESS") else "SPREAD"
+
+
 def storage_path(config: TrainConfig, scratch: Path) -> str:
     """Where Ray Train and Tune keep run files: shared storage on a multi-node cluster, else local scratch."""
     if os.environ.get(STORAGE_ENV):
@@ -140,15 +147,34 @@ def explain(message: str, error: BaseException | str | None = None) -> str:
     """`message`, preceded by what the Ray cluster knows of the cause (`describe`); unchanged off a Ray cluster."""
     if not os.environ.get("RAY_ADDRESS"):
         return message
+    text = full_text(error if error is not None else message)
     try:
         import ray
 
         if not ray.is_initialized():
             return message
-        nodes = ray.nodes()
+        nodes = _nodes_once_settled(ray, text)
     except Exception:  # the cluster is what failed: Ray's own words are all there is
         return message
-    return describe(message, full_text(error if error is not None else message), nodes)
+    return describe(message, text, nodes)
+
+
+# How long a failure waits for Ray to decide whether a worker's node died with it: the worker's connection drops
+# at once when its pod goes, the node is marked dead after missed health checks (about 15 s by Ray's defaults).
+NODE_DEATH_WAIT_S = 30.0
+
+
+def _nodes_once_settled(ray, text: str) -> list[dict]:
+    """ray.nodes(); where `text` says a worker process died and its node is still alive, asked again for up to
+    NODE_DEATH_WAIT_S, so that a lost pod is said as one and not as a killed process."""
+    nodes = ray.nodes()
+    died = _ACTOR_IP.search(text) if _PROCESS_DIED in text else None
+    deadline = time.monotonic() + NODE_DEATH_WAIT_S
+    while died and time.monotonic() < deadline and any(
+            n.get("NodeManagerAddress") == died["ip"] and n.get("Alive") for n in nodes):
+        time.sleep(2)
+        nodes = ray.nodes()
+    return nodes
 
 
 def describe(message: str, text: str, nodes: list[dict]) -> str:

@@ -218,10 +218,12 @@ def fit_distributed(learner: Learner, sampled: dict[str, Any], data_ref: Any, wo
         _worker_loop,
         train_loop_config={"learner": learner, "sampled": sampled, "data": data_ref, "rounds": rounds,
                            "include_validation": include_validation},
-        # One worker per Ray node where the cluster has several (a RayJob's worker pods): data parallelism across
-        # machines, and one pod's loss is one worker's. PACK would fill the first pod's CPUs first.
+        # One worker per Ray node where the cluster has several (a RayJob's worker pods, each sized for one
+        # worker): data parallelism across machines, and one pod's loss is one worker's. PACK would fill the first
+        # pod's CPUs first, and plain SPREAD packs too when a pod is missing: Ray Train retries a worker group
+        # whose start failed, and put both workers of the retry into the one pod left, which ran out of memory.
         scaling_config=ray.train.ScalingConfig(num_workers=workers, resources_per_worker=resources,
-                                               placement_strategy="SPREAD"),
+                                               placement_strategy=cluster.placement_strategy()),
         run_config=ray.train.RunConfig(name=name, storage_path=storage_path, callbacks=callbacks or [],
                                        failure_config=ray.train.FailureConfig(max_failures=0)),
     )

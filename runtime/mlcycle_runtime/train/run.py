@@ -235,6 +235,10 @@ class Run:
             first = progress.errors[0] if progress.errors else "no trial reported a result"
             raise Failed(f"every trial failed ({len(progress.errors)} of {plan.total}): {first}") from TrialsFailed(
                 "\n".join(progress.error_texts))
+        if progress.errors:
+            self.result.setdefault("notes", []).append(
+                f"{len(progress.errors)} of {plan.total} trials failed and were left out of the search; the first: "
+                + _one_line(cluster.explain(progress.errors[0], progress.error_texts[0]), 300))
         return best
 
     def refit(self, learner: learners.Learner, config: dict[str, Any], data: learners.Data, rounds: int | None,

@@ -148,7 +148,9 @@ class TrialBest:
 
 @dataclass
 class Progress:
-    """Trials as they finish: the best configuration so far, printed and handed to `on_change` (throttled)."""
+    """Trials as they finish: the best configuration so far, printed and handed to `on_change` (throttled); while
+    trials run, their latest round is printed every `round_interval_s`. A trial that failed does not count
+    towards the best: its last results are those of a fit cut short (a pod lost, a worker out of memory)."""
 
     total: int
     metric: str
@@ -162,12 +164,19 @@ class Progress:
     error_texts: list[str] = field(default_factory=list)  # each error's whole text: where it happened, why
     per_trial: dict[str, TrialBest] = field(default_factory=dict)
     last_round: dict[str, int] = field(default_factory=dict)
+    round_interval_s: float = 15.0
     _last_sent: float = -math.inf
+    _last_round_shown: float = field(default_factory=time.monotonic)
 
     def result(self, trial_id: str, config: dict[str, Any], result: dict[str, Any]) -> None:
         if "rounds" in result:
             self.last_round[trial_id] = int(result["rounds"])
         value = result.get(self.metric)
+        if "rounds" in result and time.monotonic() - self._last_round_shown >= self.round_interval_s:
+            self._last_round_shown = time.monotonic()
+            of = f"/{self.max_rounds}" if self.max_rounds else ""
+            shown = f", {self.metric}={value:.4g}" if value is not None else ""
+            print(f"trial {trial_id}: round {int(result['rounds'])}{of}{shown}", flush=True)
         if value is None:
             return
         known = self.per_trial.get(trial_id)
@@ -195,6 +204,7 @@ class Progress:
         if error:
             self.errors.append(error)
             self.error_texts.append(text or error)
+            self.per_trial.pop(trial_id, None)
         elif self.max_rounds and self.last_round.get(trial_id, self.max_rounds) < self.max_rounds:
             self.stopped_early += 1
         best = self.best()

@@ -87,13 +87,51 @@ def test_the_whole_text_of_a_worker_group_error_includes_each_workers_own_error(
     assert "Memory on the node (IP: 10.244.1.9" in text and "Output truncated" in text
 
 
+PROCESS_DIED = ("ActorDiedError: The actor died unexpectedly before finishing this task.\n"
+                "\tclass_name: RayTrainWorker\n\tactor_id: 77ab\n\tpid: 412\n\tnamespace: 5e1c\n\tip: 10.244.1.10\n"
+                "The actor is dead because its "
+                "worker process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits "
+                "with a connection error code 2. End of file. Some common causes include: (1) the process was killed "
+                "by the OOM killer due to high memory usage")
+
+
 def test_a_worker_process_killed_without_a_word_is_named_by_its_pod_as_a_likely_oom_kill():
-    text = ("ActorDiedError: The actor died unexpectedly before finishing this task.\n\tclass_name: RayTrainWorker\n"
-            "\tactor_id: 77ab\n\tpid: 412\n\tnamespace: 5e1c\n\tip: 10.244.1.10\nThe actor is dead because its worker "
-            "process has died. Worker exit type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with a "
-            "connection error code 2. End of file. Some common causes include: (1) the process was killed by the "
-            "OOM killer due to high memory usage")
-    said = cluster.describe("every trial failed (1 of 1): ...", text, NODES)
+    said = cluster.describe("every trial failed (1 of 1): ...", PROCESS_DIED, NODES)
     assert said.startswith("a training worker's process on pod churn-v1-train-x7k2p-workers-worker-wk5sb was "
                            "killed (most often by the kernel's OOM killer")
     assert "memoryPerWorker" in said
+
+
+def test_workers_go_one_per_pod_strictly_on_a_ray_cluster_and_anywhere_on_a_local_ray(monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "head-svc:6379")
+    assert cluster.placement_strategy() == "STRICT_SPREAD"
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert cluster.placement_strategy() == "SPREAD"
+
+
+class FakeRay:
+    """Ray's node table as it changes: the worker's connection drops first, its node is marked dead later."""
+
+    def __init__(self, *tables: list[dict]) -> None:
+        self.tables, self.calls = list(tables), 0
+
+    def nodes(self) -> list[dict]:
+        self.calls += 1
+        return self.tables.pop(0) if len(self.tables) > 1 else self.tables[0]
+
+
+def test_a_failure_waits_for_ray_to_mark_the_dead_workers_node_before_naming_the_cause(monkeypatch):
+    monkeypatch.setattr(cluster.time, "sleep", lambda _: None)
+    gone = [*NODES[:2], {**NODES[2], "Alive": False}]
+    ray = FakeRay(NODES, NODES, gone)
+    nodes = cluster._nodes_once_settled(ray, PROCESS_DIED)
+    assert (nodes, ray.calls) == (gone, 3)
+    said = cluster.describe("every trial failed (1 of 1): ...", PROCESS_DIED, nodes)
+    assert said.startswith("Ray lost pod churn-v1-train-x7k2p-workers-worker-wk5sb while training")
+
+
+def test_a_failure_that_names_no_dead_process_asks_ray_once(monkeypatch):
+    monkeypatch.setattr(cluster, "NODE_DEATH_WAIT_S", 0.0)
+    ray = FakeRay(NODES)
+    assert cluster._nodes_once_settled(ray, "bad data") == NODES and ray.calls == 1
+    assert cluster._nodes_once_settled(ray, PROCESS_DIED) == NODES and ray.calls == 2  # alive, and time is up

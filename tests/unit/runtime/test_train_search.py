@@ -177,3 +177,24 @@ def test_a_failed_trial_keeps_its_whole_error_beside_its_last_line():
     assert progress.errors == ["Refer to the documentation", "ValueError: bad"]
     assert progress.error_texts[0].startswith("OutOfMemoryError: Memory on the node (IP: 10.0.0.1")
     assert progress.error_texts[1] == "ValueError: bad"
+
+
+def test_a_failed_trials_results_do_not_count_towards_the_best():
+    """A trial cut short (a pod lost, a worker out of memory) reported rounds before it failed; they are not a
+    finished evaluation, and a search whose every trial failed has no best."""
+    progress = search.Progress(2, "roc_auc", "max")
+    progress.result("a", {"eta": 0.1}, {"roc_auc": 0.9, "rounds": 5})
+    progress.done("a", "RayTaskError: the node died")
+    assert progress.best() is None
+    progress.result("b", {"eta": 0.3}, {"roc_auc": 0.7, "rounds": 9})
+    progress.done("b")
+    assert progress.best().config == {"eta": 0.3}
+
+
+def test_a_running_trials_rounds_are_printed_at_most_every_interval(capsys):
+    progress = search.Progress(1, "log_loss", "min", max_rounds=300, round_interval_s=0)
+    progress.result("t1", {}, {"log_loss": 0.51234, "rounds": 7})
+    progress.result("t1", {}, {"rounds": 8})
+    quiet = search.Progress(1, "log_loss", "min", round_interval_s=3600)
+    quiet.result("t1", {}, {"log_loss": 0.5, "rounds": 1})
+    assert capsys.readouterr().out.splitlines() == ["trial t1: round 7/300, log_loss=0.5123", "trial t1: round 8/300"]
