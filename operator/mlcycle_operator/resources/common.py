@@ -102,6 +102,20 @@ def restricted_container_security() -> dict[str, Any]:
     }
 
 
+def container(name: str, image: str, pull_policy: str, resources: dict[str, Any], mounts: list[dict[str, Any]], *,
+              command: list[str] | None = None, port: int | None = None, env: list[dict[str, Any]] | None = None,
+              env_from: list[dict[str, Any]] | None = None, **probes: dict[str, Any]) -> dict[str, Any]:
+    """A container of one of mlcycle's images, restricted (`restricted_container_security`); `probes` are
+    readinessProbe/livenessProbe. Fields left None are left out."""
+    fields: dict[str, Any] = {
+        "name": name, "image": image, "imagePullPolicy": pull_policy, "command": command,
+        "ports": [{"name": "http", "containerPort": port}] if port is not None else None,
+        "env": env, "envFrom": env_from, "resources": resources,
+        "securityContext": restricted_container_security(), **probes, "volumeMounts": mounts,
+    }
+    return {key: value for key, value in fields.items() if value is not None}
+
+
 def pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,

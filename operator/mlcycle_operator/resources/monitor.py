@@ -53,21 +53,12 @@ def deployment(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_sp
     name = monitor_name(meta.name)
     lbls = _labels(spec, meta, project_name)
     volumes, mounts = project.workload_volumes(project_spec, project_name, name)
-    container = {
-        "name": "drift-monitor",
-        "image": image,
-        "imagePullPolicy": project_spec.defaults.image_pull_policy,
-        "command": common.runtime_command("drift"),
-        "ports": [{"name": "http", "containerPort": PORT}],
-        "env": common.downward_env(),
-        "envFrom": project.storage_env_from(project_spec),
-        "resources": common.resource_requirements(spec.resources),
-        "securityContext": common.restricted_container_security(),
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": PORT}, "periodSeconds": 10},
-        "livenessProbe": {"httpGet": {"path": "/livez", "port": PORT}, "periodSeconds": 20,
-                          "initialDelaySeconds": 10},
-        "volumeMounts": mounts,
-    }
+    container = common.container(
+        "drift-monitor", image, project_spec.defaults.image_pull_policy,
+        common.resource_requirements(spec.resources), mounts, command=common.runtime_command("drift"), port=PORT,
+        env=common.downward_env(), env_from=project.storage_env_from(project_spec),
+        readinessProbe={"httpGet": {"path": "/readyz", "port": PORT}, "periodSeconds": 10},
+        livenessProbe={"httpGet": {"path": "/livez", "port": PORT}, "periodSeconds": 20, "initialDelaySeconds": 10})
     body = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -117,17 +117,12 @@ def materialization_cron_job(spec: MLProjectSpec, meta: Meta, image: str) -> dic
     tmp_volume, tmp_mount = common.scratch_volume()
     volumes, mounts = [config_volume, tmp_volume], [{"name": "feature-store", "mountPath": "/etc/feast"}, tmp_mount]
     volumes, mounts = with_storage(spec, volumes, mounts)
-    container = {
-        "name": "materialize",
-        "image": image,
-        "imagePullPolicy": spec.defaults.image_pull_policy,
-        "command": ["python", "-m", "mlcycle_runtime.features", "materialize", "--repo", "/etc/feast"],
-        "env": common.downward_env(),
+    container = common.container(
+        "materialize", image, spec.defaults.image_pull_policy,
         # Materialization needs no GPU, whatever the project's default resources say.
-        "resources": common.resource_requirements(spec.defaults.resources.model_copy(update={"gpu": 0})),
-        "securityContext": common.restricted_container_security(),
-        "volumeMounts": mounts,
-    }
+        common.resource_requirements(spec.defaults.resources.model_copy(update={"gpu": 0})), mounts,
+        command=["python", "-m", "mlcycle_runtime.features", "materialize", "--repo", "/etc/feast"],
+        env=common.downward_env())
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",

@@ -73,20 +73,12 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
     volumes, mounts = project.workload_volumes(project_spec, spec.project, name,
                                                feature_store=serving.online_features is not None)
     lbls = _version_labels(spec, meta, version)
-    container = {
-        "name": "model-server",
-        "image": image,
-        "imagePullPolicy": project_spec.defaults.image_pull_policy,
-        "command": common.runtime_command("serve"),
-        "ports": [{"name": "http", "containerPort": SERVER_PORT}],
-        "env": [*common.downward_env(), {"name": "BENTOML_HOME", "value": "/tmp/bentoml"}],
-        "envFrom": project.storage_env_from(project_spec),
-        "resources": common.resource_requirements(serving.resources),
-        "securityContext": common.restricted_container_security(),
-        "readinessProbe": _probe("/readyz", SERVER_PORT),
-        "livenessProbe": {**_probe("/livez", SERVER_PORT, 10), "initialDelaySeconds": 10},
-        "volumeMounts": mounts,
-    }
+    container = common.container(
+        "model-server", image, project_spec.defaults.image_pull_policy, common.resource_requirements(serving.resources),
+        mounts, command=common.runtime_command("serve"), port=SERVER_PORT,
+        env=[*common.downward_env(), {"name": "BENTOML_HOME", "value": "/tmp/bentoml"}],
+        env_from=project.storage_env_from(project_spec), readinessProbe=_probe("/readyz", SERVER_PORT),
+        livenessProbe={**_probe("/livez", SERVER_PORT, 10), "initialDelaySeconds": 10})
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -204,22 +196,14 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
     lbls = common.labels(KIND, meta.name, "router", project=spec.project)
     # The router reads the stable model's reference bin edges from the project's storage.
     volumes, mounts = project.workload_volumes(project_spec, spec.project, name)
-    container = {
-        "name": "router",
-        "image": image,
-        "imagePullPolicy": project_spec.defaults.image_pull_policy,
-        "command": common.runtime_command("router"),
-        "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
-        "env": common.downward_env(),
-        "envFrom": project.storage_env_from(project_spec),
+    container = common.container(
+        "router", image, project_spec.defaults.image_pull_policy,
         # A proxy: it needs little CPU at rest (100m requested, as the operator's) and bursts to its limit.
         # Every pod that mounts a ReadWriteOnce claim runs on one node (kind's 2 CPUs): requests add up there.
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}},
-        "securityContext": common.restricted_container_security(),
-        "readinessProbe": _probe("/readyz", ROUTER_PORT),
-        "livenessProbe": {**_probe("/livez", ROUTER_PORT, 10), "initialDelaySeconds": 5},
-        "volumeMounts": mounts,
-    }
+        {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}}, mounts,
+        command=common.runtime_command("router"), port=ROUTER_PORT, env=common.downward_env(),
+        env_from=project.storage_env_from(project_spec), readinessProbe=_probe("/readyz", ROUTER_PORT),
+        livenessProbe={**_probe("/livez", ROUTER_PORT, 10), "initialDelaySeconds": 5})
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

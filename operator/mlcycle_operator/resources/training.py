@@ -71,19 +71,12 @@ def _pod_spec(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, im
               resources: Resources, *, restart: str) -> dict[str, Any]:
     volumes, mounts = project.workload_volumes(project_spec, spec.project, config_map_name(meta.name),
                                                feature_store=True)
-    container = {
-        "name": "trainer",
-        "image": image,
-        "imagePullPolicy": project_spec.defaults.image_pull_policy,
-        "command": common.runtime_command("train"),
-        "env": [*common.downward_env(),
-                # Ray keeps its session files under /tmp; the root filesystem is read-only.
-                {"name": "RAY_TMPDIR", "value": "/tmp/ray"}],
-        "envFrom": project.storage_env_from(project_spec),
-        "resources": common.resource_requirements(resources),
-        "securityContext": common.restricted_container_security(),
-        "volumeMounts": mounts,
-    }
+    container = common.container(
+        "trainer", image, project_spec.defaults.image_pull_policy, common.resource_requirements(resources), mounts,
+        command=common.runtime_command("train"),
+        # Ray keeps its session files under /tmp; the root filesystem is read-only.
+        env=[*common.downward_env(), {"name": "RAY_TMPDIR", "value": "/tmp/ray"}],
+        env_from=project.storage_env_from(project_spec))
     return project.workload_pod(spec.project, container, volumes, resources, restartPolicy=restart)
 
 
@@ -122,14 +115,8 @@ SUBMITTER_RESOURCES = Resources.model_construct(cpu="100m", memory="512Mi", gpu=
 
 def _submitter_pod(spec: TrainingJobSpec, image: str, pull_policy: str) -> dict[str, Any]:
     tmp_volume, tmp_mount = common.scratch_volume()
-    container = {
-        "name": "ray-job-submitter",
-        "image": image,
-        "imagePullPolicy": pull_policy,
-        "resources": common.resource_requirements(SUBMITTER_RESOURCES),
-        "securityContext": common.restricted_container_security(),
-        "volumeMounts": [tmp_mount],
-    }
+    container = common.container("ray-job-submitter", image, pull_policy,
+                                 common.resource_requirements(SUBMITTER_RESOURCES), [tmp_mount])
     return project.workload_pod(spec.project, container, [tmp_volume], restartPolicy="Never")
 
 
