@@ -226,6 +226,26 @@ def analysis_due(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: 
     return now >= _next_analysis(rollout, _steps_of(spec.strategy)[1])
 
 
+def due_in(spec: ModelDeploymentSpec, status: ModelDeploymentStatus, now: datetime) -> float | None:
+    """Seconds from `now` until the clock alone gives decide() something to do in the current step (an analysis
+    run falls due, a pause or a shadow duration ends): 0 when that moment has come, None when nothing is timed
+    (no step under way, Recreate, a shadow past its duration: it waits for samples, not for the clock)."""
+    rollout = status.rollout
+    if rollout is None or rollout.step_started_at is None or status.stable_version is None:
+        return None
+    strategy = spec.strategy
+    if strategy.type == "Recreate":
+        return None
+    if strategy.type == "Shadow":
+        ends = rollout.step_started_at + timedelta(seconds=parse_duration((strategy.shadow or Shadow()).duration))
+        return (ends - now).total_seconds() if ends > now else None
+    steps, analysis = _steps_of(strategy)
+    pause_ends = rollout.step_started_at + timedelta(
+        seconds=parse_duration(steps[min(rollout.step, len(steps) - 1)].pause))
+    moments = [_next_analysis(rollout, analysis)] + ([pause_ends] if pause_ends > now else [])
+    return max(0.0, min((m - now).total_seconds() for m in moments))
+
+
 def apply_decision(status: ModelDeploymentStatus, decision: Decision) -> ModelDeploymentStatus:
     """The status after a decision (versions, traffic, rollout, history); phase and conditions stay the handler's."""
     history = list(status.history)

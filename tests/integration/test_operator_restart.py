@@ -23,6 +23,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from mlcycle_operator.resources.serving import version_name
 from tests.harness import binaries
 from tests.harness.cluster import LocalCluster
 from tests.harness.operator_process import start_operator, stop_operator
@@ -97,10 +98,14 @@ class Operators:
         self.process = start_operator(cluster, **self.env)
         self.kills: list[dict[str, Any]] = []
 
-    def kill_and_restart(self, point: str, status: dict[str, Any]) -> None:
-        """SIGKILL now, where the status says the rollout is, then start a fresh operator."""
+    def kill_and_restart(self, point: str, status: dict[str, Any],
+                         while_down: Callable[[], None] | None = None) -> None:
+        """SIGKILL now, where the status says the rollout is, then start a fresh operator; `while_down` runs in
+        between (what the killed operator had done of its last reconcile when it died)."""
         killed, killed_at = time.monotonic(), time.time()
         code = stop_operator(self.cluster, self.process)
+        if while_down is not None:
+            while_down()
         self.process = start_operator(self.cluster, **self.env)
         self.kills.append({"point": point, "exit": code, "at": killed_at, "down_s": time.monotonic() - killed,
                            "traffic": status.get("trafficSummary"), "step": (status.get("rollout") or {}).get("step")})
@@ -293,6 +298,49 @@ def test_killed_operator_promotes_once_rolls_back_once_and_leaves_no_orphans(md_
         assert up_s <= INTERVAL_S * (FAILURE_LIMIT + 1) + 5 + 2 * 5 + 5, f"rolled back after {up_s:.1f}s up"
         print(f"kills: {operators.kills}; v3 rolled back {rolled_back_after:.1f}s after its first traffic, "
               f"{up_s:.1f}s of it with an operator up")
+    except BaseException:
+        print(f"operator log (tail):\n{operators.log_tail()}")
+        raise
+
+
+def test_a_kill_while_a_version_retires_leaves_none_of_its_children(md_ns: Mlcycle, operators: Operators,
+                                                                     router_metrics):
+    """Issue #18: the operator killed while it removed a rolled-back version's servers (its Deployment and Service
+    deleted, not yet its ConfigMap, HPA and PDB). The kill lands while status.retiring names the version; what the
+    killed operator had deleted of it is done while no operator runs, since the moment itself is milliseconds
+    wide. The next operator must finish the removal."""
+    ml = md_ns
+    status = lambda: ml.status("ModelDeployment", NAME)  # noqa: E731
+    apps = client.AppsV1Api(ml.core.api_client)
+    leaving = version_name(NAME, "v2")
+
+    def first_half_of_the_removal() -> None:
+        kinds = {o["kind"] for o in children(ml) if (o["metadata"].get("labels") or {}).get(VERSION_LABEL) == "v2"}
+        assert {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler", "PodDisruptionBudget"} <= kinds, (
+            f"the kill came after the removal had begun: {kinds}")
+        apps.delete_namespaced_deployment(leaving, ml.namespace, propagation_policy="Background")
+        ml.core.delete_namespaced_service(leaving, ml.namespace)
+
+    try:
+        ml.create(EXAMPLES["MLProject"])
+        router_metrics.set(ml.namespace, NAME, "v1", error_rate=0.0, latency_seconds=0.02)
+        router_metrics.set(ml.namespace, NAME, "v2", error_rate=0.5, latency_seconds=0.02)
+        md = restart_deployment("v1")
+        md["spec"]["strategy"]["scaleDownDelay"] = "10s"  # time enough to kill before the removal begins
+        ml.create(md)
+        poll(lambda: status().get("stableVersion") == "v1" and status().get("phase") == "Available", 90,
+             "v1 serving", every=0.5)
+        ml.objects.patch_namespaced_custom_object("mlcycle.io", "v1alpha1", ml.namespace, "modeldeployments", NAME,
+                                                  {"spec": {"model": {"version": "v2"}}})
+        retiring = poll(lambda: (lambda s: s.get("retiring") == ["v2"] and s)(status()), 60,
+                        "v2 rolled back and retiring")
+        operators.kill_and_restart("v2 retiring, its Deployment and Service deleted", retiring,
+                                   while_down=first_half_of_the_removal)
+        poll(lambda: not orphans(ml, {"v1"}) and status(), 60, "the rest of v2's children removed", every=0.5)
+        final = status()
+        assert not final.get("retiring") and final["stableVersion"] == "v1" and final["trafficSummary"] == "v1=100"
+        assert outcomes(final, "v2") == ["RolledBack"]
+        assert [k["exit"] for k in operators.kills] == [-9], operators.kills
     except BaseException:
         print(f"operator log (tail):\n{operators.log_tail()}")
         raise

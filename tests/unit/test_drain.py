@@ -9,7 +9,7 @@ import pytest
 
 from mlcycle_operator import rollout
 from mlcycle_operator.api.modeldeployment import HistoryEntry, ModelDeploymentSpec, ModelDeploymentStatus
-from mlcycle_operator.handlers.modeldeployment import _drained, _rolling_out
+from mlcycle_operator.handlers.modeldeployment import RETIRE_ORDER, _drained, _rolling_out, retiring_versions
 
 T0 = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
 
@@ -60,3 +60,20 @@ def test_a_version_that_left_without_a_rollout_is_removed():
     ({"retiring": []}, False)])
 def test_the_fast_timer_runs_while_rolling_out_or_draining(status, timer):
     assert _rolling_out(status) is timer
+
+
+@pytest.mark.parametrize(("existing", "stored", "serve", "retiring"), [
+    ({"v1", "v2"}, [], ["v2"], ["v1"]),  # promoted over: v1's Deployment is still there
+    ({"v2"}, ["v3"], ["v2"], ["v3"]),  # killed after deleting v3's Deployment: status still says v3 leaves
+    ({"v2"}, [], ["v2"], []),
+    ({"v2", "v3"}, ["v3"], ["v2", "v3"], []),  # v3 is served again: it does not leave
+])
+def test_a_version_leaves_while_its_deployment_exists_or_status_says_it_leaves(existing, stored, serve, retiring):
+    assert retiring_versions(existing, stored, serve) == retiring
+
+
+def test_a_retiring_versions_deployment_is_deleted_last():
+    # A kill halfway through leaves the Deployment, from which the next operator sees the version is still there.
+    assert RETIRE_ORDER[-1] == ("apps/v1", "Deployment")
+    assert {kind for _, kind in RETIRE_ORDER} == {"Deployment", "Service", "ConfigMap", "HorizontalPodAutoscaler",
+                                                  "PodDisruptionBudget"}

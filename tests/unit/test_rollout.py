@@ -30,6 +30,7 @@ from mlcycle_operator.rollout import (
     analysis_due,
     apply_decision,
     decide,
+    due_in,
     traffic_summary,
 )
 
@@ -437,6 +438,34 @@ def test_analysis_due_tells_the_handler_when_to_measure(strategy, measured):
         runs += due
         status = apply_decision(status, decision)
     assert (runs > 0) == measured
+
+
+@pytest.mark.parametrize(("strategy", "status", "seconds", "due"), [
+    (canary(interval="45s"), make_status(rollout=rolling()), 30, 15),  # the first run, one interval in
+    (canary(interval="45s"), make_status(rollout=rolling(runs=[run(45, "Pass")])), 50, 10),  # the pause ends first
+    (canary(interval="45s"), make_status(rollout=rolling(runs=[run(45, "Pass")])), 61, 29),  # pause over: next run
+    (canary(interval="45s"), make_status(rollout=rolling()), 50, 0),  # overdue (an operator that was down)
+    (blue_green(preview="5m", interval="1m"), make_status(rollout=rolling()), 0, 60),
+    (shadow(), make_status(rollout=rolling()), 60, 540),  # the mirroring's duration ends
+    (shadow(), make_status(rollout=rolling()), 700, None),  # past it: waiting for samples, not for the clock
+    ({"type": "Recreate"}, make_status(rollout=rolling()), 0, None),
+    (canary(), make_status(rollout=rolling(step_started=None)), 0, None),  # the candidate is not ready yet
+    (canary(), make_status(), 0, None),  # no rollout
+], ids=["first-run", "pause-end", "next-run", "overdue", "blue-green", "shadow", "shadow-samples", "recreate",
+        "not-ready", "at-rest"])
+def test_due_in_says_when_the_clock_next_gives_decide_something_to_do(strategy, status, seconds, due):
+    assert due_in(make_spec(strategy), status, at(seconds)) == due
+
+
+def test_a_bad_canary_woken_when_due_is_rolled_back_at_exactly_interval_times_failure_limit():
+    # The handler sleeps until due_in() says and decides then: no tick adds to interval x failureLimit.
+    spec = make_spec(canary(steps=((20, "10s"), (60, "6s")), interval="4s", failure_limit=2))
+    status, now, decision = make_status(rollout=rolling()), 0.0, None
+    while decision is None or decision.action is not Action.ROLL_BACK:
+        now += due_in(spec, status, at(now))
+        decision = decide(spec, status, observe(now, measurements=failing()))
+        status = apply_decision(status, decision)
+    assert now == 8 and status.history[-1].time == at(8)
 
 
 # --- analysis verdicts -------------------------------------------------------------------------------------------

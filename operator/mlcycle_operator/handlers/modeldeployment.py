@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from .. import analysis, diagnose, kube, rollout
 from .. import conditions as cond
@@ -124,12 +126,36 @@ def _rolling_out(status: kopf.Status, **_: Any) -> bool:
     return bool((status or {}).get("rollout") or (status or {}).get("retiring"))
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=2, initial_delay=2, idle=1, when=_rolling_out)
-def modeldeployment_progress(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
-                             memo: Any, **kwargs: Any) -> None:
-    """Every two seconds during a rollout: pauses end and analysis runs fall due by the clock, and a run is late
-    by at most a tick (a bad canary goes within interval x failureLimit). Cheap: reconciling reads the cache."""
-    _reconcile(body, spec, status, patch, memo, Cache(kwargs))
+PROGRESS_TICK_S, PROGRESS_IDLE_S = 2.0, 1.0
+# Wake a moment after a due time: status times are whole seconds and `now` is truncated to one, so a wake-up a
+# millisecond early would find nothing due and leave the run to the next tick.
+DUE_MARGIN_S = 0.05
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=PROGRESS_TICK_S, initial_delay=2, idle=PROGRESS_IDLE_S,
+            when=_rolling_out)
+async def modeldeployment_progress(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch,
+                                   memo: Any, **kwargs: Any) -> None:
+    """Every two seconds during a rollout or a drain. An analysis run or the end of a pause that falls due before
+    the next tick can begin (Kopf counts the interval from the end of this call, and a change to the object
+    postpones it by up to `idle`) is waited for here, so it happens on time: with the tick alone a bad canary
+    went up to a tick and a reconcile past interval x failureLimit. A coroutine, so the wait holds no handler
+    thread; `body` and `status` are Kopf's live views, fresh after it. Cheap: reconciling reads the cache."""
+    wait = _due_in(spec, status)
+    if wait is not None and 0 < wait < PROGRESS_TICK_S + PROGRESS_IDLE_S:
+        await asyncio.sleep(wait + DUE_MARGIN_S)
+    await asyncio.to_thread(_reconcile, body, spec, status, patch, memo, Cache(kwargs))
+
+
+def _due_in(spec: kopf.Spec, status: kopf.Status) -> float | None:
+    """Seconds until the rollout has something to do by the clock; None when nothing is timed or the spec is
+    invalid (the reconcile says so)."""
+    try:
+        md = ModelDeploymentSpec.model_validate(dict(spec))
+        current = ModelDeploymentStatus.model_validate(dict(status or {}))
+    except ValidationError:
+        return None
+    return rollout.due_in(md, current, datetime.now(UTC))
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=60, initial_delay=30, idle=10,
@@ -230,13 +256,11 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         # The routing table changes with the decision, whose own Event says so: no second Event for its ConfigMap.
         router_table = frozenset({f"ConfigMap/{builders.router_name(meta.name)}"} if decision.event_type else ())
         _children.apply_owned(body, children, cache, unannounced=router_table)
-        retiring = sorted(existing - set(serve))
+        retiring = retiring_versions(existing, current.retiring, serve)
         if retiring and _drained(md, current, decision, now):  # remove the servers of versions that left
             retiring = []
             keep = {builders.version_name(meta.name, v) for v in serve}
-            for api_version, kind in (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap"),
-                                      ("autoscaling/v2", "HorizontalPodAutoscaler"),
-                                      ("policy/v1", "PodDisruptionBudget")):
+            for api_version, kind in RETIRE_ORDER:
                 _children.prune(body, cache, api_version, kind, meta.namespace, server_selector(meta), keep)
 
         problems = _pod_problems(meta, cache, ready_replicas, desired_replicas) + diagnose.autoscaler_problems(
@@ -252,6 +276,20 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         if problems and (cond.get_condition(old.get("conditions"), cond.DEGRADED) or {}).get("reason") \
                 != problems[0].reason:
             _events.warning(body, problems[0].reason, "; ".join(p.message for p in problems))
+
+
+# The kinds of a version's children in the order they are deleted when it retires: its Deployment last, so that
+# an operator killed halfway leaves the Deployment, from which the next one sees the version as still there.
+RETIRE_ORDER = (("v1", "Service"), ("v1", "ConfigMap"), ("autoscaling/v2", "HorizontalPodAutoscaler"),
+                ("policy/v1", "PodDisruptionBudget"), ("apps/v1", "Deployment"))
+
+
+def retiring_versions(existing: set[str], stored: list[str], serve: list[str]) -> list[str]:
+    """The versions whose children are to go: those with a server Deployment that no longer run, and those status
+    already names as retiring. Stored, not only seen: status.retiring is cleared only by the write that follows
+    the last deletion, so a version stays listed until every child of it is gone, whatever a killed operator
+    had deleted of it (its Deployment, say, and not its ConfigMap, HPA and PDB)."""
+    return sorted((set(existing) | set(stored)) - set(serve))
 
 
 def _serving_now(meta: Meta, cache: Cache, version: str, current: ModelDeploymentStatus,
