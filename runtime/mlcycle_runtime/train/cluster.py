@@ -50,6 +50,10 @@ def start(dist: Distribution) -> bool:
     import ray
 
     quiet()
+    # Tune retries a trial whose actor died with a preempted node (a deleted or evicted pod) without counting it,
+    # forever; a Ray Train worker lost the same way fails the trial (FailureConfig max_failures=0). One rule for
+    # both: a lost pod fails the trial, and the job says which pod.
+    os.environ.setdefault("RAY_TRAIN_COUNT_PREEMPTION_AS_FAILURE", "1")
     if ray.is_initialized():
         return False
     common = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False}
