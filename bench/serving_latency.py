@@ -15,12 +15,10 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from examples.churn.generate import CATEGORICAL, NUMERIC, generate  # noqa: E402
+from tests.harness import server_process  # noqa: E402
 
 TARGETS = "DESIGN.md target: p50 <= 5 ms, p99 <= 10 ms, >= 500 req/s per replica"
 SUSTAINED_P99 = 0.100  # a rate is sustained while p99 stays under this and the sent rate keeps up
@@ -85,32 +84,13 @@ def publish_model(tmp: Path) -> tuple[str, dict]:
 
 
 def start(argv: list[str], env: dict[str, str], url: str, log: Path) -> subprocess.Popen:
-    import httpx
-
-    with log.open("w") as out:
-        process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    raise SystemExit(f"server not ready in 120 s: {log.read_text()[-2000:]}")
+    try:
+        return server_process.start_http(argv, env, url, log)
+    except server_process.NotReady as err:
+        raise SystemExit(str(err)) from err
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+stop = server_process.stop_group
 
 
 async def open_loop(url: str, body: bytes, rate: float, seconds: float) -> dict[str, float]:

@@ -9,9 +9,8 @@ tests run it in-process); for the same reason `helm test` is not run.
 from __future__ import annotations
 
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from mlcycle_operator.resources import project
 from mlcycle_operator.resources.common import Meta
 from tests.harness import binaries
 from tests.harness.pytest_support import unavailable
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -69,14 +69,6 @@ def release(helm: Helm, namespace: str) -> Iterator[str]:
     helm("uninstall", name, "-n", namespace, "--ignore-not-found", "--wait", check=False)
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout}s")
-        time.sleep(0.5)
-
-
 def condition_true(conditions, kind: str) -> bool:
     return any(c.type == kind and c.status == "True" for c in conditions or [])
 
@@ -108,7 +100,7 @@ def test_install_runs_the_operator_and_uninstall_cleans_up(cluster, api_client, 
     # The operator (two replicas, ci values) and the in-chart Prometheus are Available on KWOK nodes.
     for name in (fullname, f"{fullname}-prometheus"):
         wait_for(lambda name=name: condition_true(apps.read_namespaced_deployment(name, namespace).status.conditions,
-                                                  "Available"), f"Deployment {name} Available")
+                                                  "Available"), what=f"Deployment {name} Available")
     operator = apps.read_namespaced_deployment(fullname, namespace)
     assert operator.spec.replicas == 2
     assert operator.spec.template.spec.containers[0].command == ["python", "-m", "mlcycle_operator"]
@@ -117,7 +109,7 @@ def test_install_runs_the_operator_and_uninstall_cleans_up(cluster, api_client, 
     # CRDs from crds/ (mlcycle) and from the kopf-peering subchart: served.
     for name in MLCYCLE_CRDS + KOPF_CRDS:
         wait_for(lambda name=name: condition_true(ext.read_custom_resource_definition(name).status.conditions,
-                                                  "Established"), f"CRD {name} Established")
+                                                  "Established"), what=f"CRD {name} Established")
 
     # RBAC named after namespace and release; the peering object the replicas meet in.
     for name in (cluster_name, f"{cluster_name}-cluster", f"{cluster_name}-prometheus"):

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from kubernetes import client
 
 from tests.harness.binaries import KUBERNETES_VERSION
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate, timeout: float = 60.0, interval: float = 0.25, what: str = "condition"):
-    """Poll until predicate() returns something truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last value: {last!r})")
 
 
 def test_api_server_reports_its_real_version(api_client):

@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from tests.harness.cluster import free_port
+from tests.integration.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[3]
 RECORDS = [{"tenure": 15, "plan": "pro"}, {"tenure": 35, "plan": "gold"}]
@@ -198,17 +199,6 @@ def send_many(url: str, n: int, **kwargs) -> list[httpx.Response]:
     return asyncio.run(_send_many(url, n, **kwargs))
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} did not happen within {timeout}s")
-        time.sleep(interval)
-
-
 # --- fixtures ----------------------------------------------------------------------------------------------
 
 
@@ -301,7 +291,7 @@ def test_split_metrics_and_feature_bins(router):
                 for r in ("agree", "disagree", "error")}
 
     totals = wait_for(lambda: (t := shadow_totals()) == shadow_totals() and t, 10, "shadow comparisons settling",
-                      interval=0.3)
+                      every=0.3)
     mirrored = sum(totals.values())
     assert binomial_plausible(mirrored, n, 0.10), totals
     assert totals["error"] == 0
@@ -564,7 +554,7 @@ def test_follows_modeldeployment_status_and_endpointslices(tmp, pod_upstreams, c
         wait_for(lambda: len({v for v, _ in answers(40)}) == 2, 2.0, "a 50/50 split")
         shadow = "mlcycle_router_shadow_comparisons_total"
         wait_for(lambda: value(proc.metrics(), shadow, namespace=namespace, version="v3", result="error") > 0, 5,
-                 "mirrors to a version with no endpoints failing", interval=0.2)
+                 "mirrors to a version with no endpoints failing", every=0.2)
         # v2's pod moves (its slice now points at another server): requests follow the new endpoint.
         discovery.patch_namespaced_endpoint_slice("churn-v-v2-abcde", namespace, {
             "ports": [{"name": "http", "port": upstreams["v3"].port, "protocol": "TCP"}]})
@@ -576,7 +566,7 @@ def test_follows_modeldeployment_status_and_endpointslices(tmp, pod_upstreams, c
             return ("v2", SCORES["v3"]) in got and ("v2", SCORES["v2"]) not in got
         wait_for(moved, 2.0, "following the moved endpoint")
         wait_for(lambda: value(proc.metrics(), shadow, namespace=namespace, version="v3", result="agree") > 0, 5,
-                 "mirrors to v3 once it has an endpoint", interval=0.2)
+                 "mirrors to v3 once it has an endpoint", every=0.2)
     finally:
         proc.stop()
 

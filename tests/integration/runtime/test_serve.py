@@ -7,12 +7,9 @@ fitted on the example's churn data); the server is called with `bentoml.SyncHTTP
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from examples.churn.generate import CATEGORICAL, NUMERIC, generate
 from mlcycle_runtime import reference
 from mlcycle_runtime.model import LoadedModel, ModelCard, Predictor, load_version, save_version
 from mlcycle_runtime.schema import FeatureSchema
+from tests.harness import server_process
 
 FEATURES = [*NUMERIC, *CATEGORICAL]
 START_TIMEOUT = 120
@@ -67,34 +65,16 @@ def start(tmp: Path, uri: str, env: dict[str, str], batching: dict) -> Server:
                                 "model": {"name": "churn-classifier", "uri": uri}, "port": port,
                                 "batching": batching}))
     log = tmp / f"serve-{port}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "mlcycle_runtime.serve", "--config", str(conf),
-                                    "--host", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the model server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return Server(process, url, load_version(uri), log)
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    stop(process)
-    pytest.fail(f"the model server was not ready within {START_TIMEOUT}s:\n{log.read_text()[-3000:]}")
+    try:
+        process = server_process.start_http([sys.executable, "-m", "mlcycle_runtime.serve", "--config", str(conf),
+                                        "--host", "127.0.0.1"], env, url, log, timeout=START_TIMEOUT)
+    except server_process.NotReady as err:
+        pytest.fail(f"the model server: {err}")
+    return Server(process, url, load_version(uri), log)
 
 
-def stop(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (the arbiter and its workers), SIGKILL if it lingers."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+stop = server_process.stop_group
 
 
 @pytest.fixture(scope="module", params=["xgboost", "sklearn"])

@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import yaml
 from examples.churn.generate import write
 from mlcycle_runtime.features import apply, materialize
 from mlcycle_runtime.model import LoadedModel, load_version
+from tests.harness import server_process
 from tests.harness.pytest_support import unavailable
 from tests.integration.runtime.test_serve import FEATURES, START_TIMEOUT, free_port, make_version, stop
 
@@ -128,28 +128,17 @@ def server(serve_home, version_uri, feast_repo) -> Iterator[Server]:
         "batching": {"enabled": True, "maxBatchSize": 16, "maxLatencyMs": 5},
         "onlineFeatures": {"featureService": SERVICE, "entityKeys": ["customer_id"]},
         "featureStore": {"repoPath": str(feast_repo.path)}}))
-    log = tmp / f"serve-{port}.log"
-    with log.open("w") as out:
-        process = subprocess.Popen([sys.executable, "-m", "mlcycle_runtime.serve", "--config", str(conf),
-                                    "--host", "127.0.0.1"], env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _ready(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the model server did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        process = server_process.start_http([sys.executable, "-m", "mlcycle_runtime.serve", "--config", str(conf),
+                                        "--host", "127.0.0.1"], env, url, tmp / f"serve-{port}.log",
+                                       timeout=START_TIMEOUT)
+    except server_process.NotReady as err:
+        pytest.fail(f"the model server: {err}")
+    try:
         yield Server(process, url, load_version(version_uri), feast_repo)
     finally:
         stop(process)
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def full_rows(data: Data, customers: list[int]) -> list[dict]:
