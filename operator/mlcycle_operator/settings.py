@@ -51,6 +51,11 @@ async def login(**kwargs: Any) -> kopf.KubeContext | None:
 def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: logging.Logger, **_: Any) -> None:
     config = Config.from_env()
     memo.config = config
+    # What the watching handlers last saw, to act on changes only: per operator, in its memo (each object's memo
+    # is a shallow copy of this one, so they share these), never in a module, where two operators in one
+    # process (the tests') would share it.
+    memo.announced_jobs = set()  # TrainingJob uids whose gated model the tracking deployments were told about
+    memo.server_available = {}  # model-server Deployment uid -> available replicas when last seen
     # Handler progress lives in annotations under our own prefix: status is ours and schema-pruned, so
     # Kopf's default status.kopf field would be dropped by the API server.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)

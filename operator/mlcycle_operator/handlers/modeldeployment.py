@@ -167,26 +167,22 @@ def modeldeployment_resync(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
     _reconcile(body, spec, status, patch, memo, Cache(kwargs))
 
 
-# How many available replicas each model server (Deployment uid) had when last seen. Kept here and not through
-# Kopf's on.field: that would store a last-handled annotation on every server (a write per status change).
-_server_available: dict[str, int] = {}
-
-
 @kopf.on.event("apps", "v1", "deployments",
                labels={"app.kubernetes.io/managed-by": "mlcycle-operator", "mlcycle.io/owner-kind": "modeldeployment",
                        LABEL_COMPONENT: "model-server"})
-async def modeldeployment_child_ready(body: kopf.Body, event: kopf.RawEvent, **_: Any) -> None:
+async def modeldeployment_child_ready(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     """A model server's available replicas changed: nudge its ModelDeployment to look now (the rollout waits for
     readiness, status counts replicas). Only servers: a router becoming ready changes no decision, and each nudge
     is two writes. A coroutine, called for every server event: only a nudge goes to a thread (the client
-    blocks)."""
-    uid = body["metadata"]["uid"]
+    blocks). The replicas each server had when last seen are kept in the memo (`server_available`), not through
+    Kopf's on.field: that would store a last-handled annotation on every server (a write per status change)."""
+    uid, seen = body["metadata"]["uid"], memo.server_available
     if event.get("type") == "DELETED":
-        _server_available.pop(uid, None)
+        seen.pop(uid, None)
         return
     available = (body.get("status") or {}).get("availableReplicas") or 0
-    before = _server_available.get(uid)
-    _server_available[uid] = available
+    before = seen.get(uid)
+    seen[uid] = available
     # The initial listing (type None) only learns the state: a starting operator reconciles every deployment anyway.
     if event.get("type") is None or available == (before or 0):
         return

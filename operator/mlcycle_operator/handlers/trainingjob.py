@@ -145,28 +145,24 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, cache: Cac
             (_events.normal if type_ == "Normal" else _events.warning)(body, reason, message)
 
 
-# TrainingJobs (uids) whose gated model the tracking deployments were told about.
-_announced: set[str] = set()
-
-
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def trainingjob_finished(body: kopf.Body, event: kopf.RawEvent, **kwargs: Any) -> None:
+async def trainingjob_finished(body: kopf.Body, event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
     """A gated model exists now: tell the deployments that track it. Here, once the phase is stored (the cache
     is updated before this runs), and not where the phase is decided: a deployment nudged before the patch lands
     would still read the job as running.
 
     A watching handler, not Kopf's on.field: that kept status.phase in the last-handled state, a write after
     every phase change of every job. A coroutine: only a nudge goes to a thread."""
-    uid, status = body["metadata"]["uid"], body.get("status") or {}
+    uid, status, announced = body["metadata"]["uid"], body.get("status") or {}, memo.announced_jobs
     if event.get("type") == "DELETED":
-        _announced.discard(uid)
+        announced.discard(uid)
         return
-    if status.get("phase") != "Succeeded" or not status.get("gatesPassed") or uid in _announced:
+    if status.get("phase") != "Succeeded" or not status.get("gatesPassed") or uid in announced:
         return
     # The initial listing (type None) only learns the state: a starting operator reconciles every deployment.
     if event.get("type") is not None:
         await asyncio.to_thread(_nudge_tracking_deployments, body, status, Cache(kwargs))
-    _announced.add(uid)  # after the nudges: if one fails, the job's next event tries again (the resync also looks)
+    announced.add(uid)  # after the nudges: if one fails, the job's next event tries again (the resync also looks)
 
 
 def _nudge_tracking_deployments(body: kopf.Body, status: dict[str, Any], cache: Cache) -> None:
