@@ -168,14 +168,26 @@ def explain(message: str, error: BaseException | str | None = None) -> str:
 NODE_DEATH_WAIT_S = 30.0
 
 
+# XGBoost's collective layer failing in a surviving worker as its peer's connection closes (learners.PeerLost).
+_PEER_LOST = "collective communication with another training worker failed"
+
+
 def _nodes_once_settled(ray, text: str) -> list[dict]:
-    """ray.nodes(); where `text` says a worker process died and its node is still alive, asked again for up to
-    NODE_DEATH_WAIT_S, so that a lost pod is said as one and not as a killed process."""
+    """ray.nodes(); where `text` says a worker process died and its node is still alive, or that a worker lost its
+    peer and no node is dead yet, asked again for up to NODE_DEATH_WAIT_S, so that a lost pod is said as one and
+    not as a killed process or a broken connection. Not when Ray's memory monitor says why."""
     nodes = ray.nodes()
     died = _ACTOR_IP.search(text) if _PROCESS_DIED in text else None
+    if _MEMORY_KILL.search(text) or not (died or _PEER_LOST in text):
+        return nodes
+
+    def settled(nodes: list[dict]) -> bool:
+        if died:
+            return not any(n.get("NodeManagerAddress") == died["ip"] and n.get("Alive") for n in nodes)
+        return any(not n.get("Alive") for n in nodes)
+
     deadline = time.monotonic() + NODE_DEATH_WAIT_S
-    while died and time.monotonic() < deadline and any(
-            n.get("NodeManagerAddress") == died["ip"] and n.get("Alive") for n in nodes):
+    while not settled(nodes) and time.monotonic() < deadline:
         time.sleep(2)
         nodes = ray.nodes()
     return nodes

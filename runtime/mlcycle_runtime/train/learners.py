@@ -37,6 +37,10 @@ class LearnerError(Exception):
     """A learner that cannot be built or trained as configured; the message says which setting is wrong."""
 
 
+class PeerLost(Exception):
+    """Data-parallel XGBoost's collective communication failed: another training worker (or its pod) was lost."""
+
+
 @dataclass(frozen=True)
 class Learner:
     framework: str
@@ -130,7 +134,11 @@ def fit_xgboost(learner: Learner, sampled: dict[str, Any], x: np.ndarray, y: np.
         return xgb.train(params, xgb.DMatrix(x, label=y), num_boost_round=rounds or default_rounds,
                          callbacks=callbacks or [], verbose_eval=False)
     except xgb.core.XGBoostError as err:
-        raise LearnerError(f"xgboost rejected the model params: {str(err).splitlines()[0]}") from None
+        first = str(err).splitlines()[0]
+        if "/collective/" in str(err):  # the allreduce of a round: a peer's connection closed, not the params
+            raise PeerLost(f"XGBoost's collective communication with another training worker failed (a worker "
+                           f"or its pod was lost): {first}") from None
+        raise LearnerError(f"xgboost rejected the model params: {first}") from None
 
 
 def fit_sklearn(learner: Learner, sampled: dict[str, Any], x: np.ndarray, y: np.ndarray) -> Any:

@@ -135,3 +135,22 @@ def test_a_failure_that_names_no_dead_process_asks_ray_once(monkeypatch):
     ray = FakeRay(NODES)
     assert cluster._nodes_once_settled(ray, "bad data") == NODES and ray.calls == 1
     assert cluster._nodes_once_settled(ray, PROCESS_DIED) == NODES and ray.calls == 2  # alive, and time is up
+
+
+PEER_LOST = ("WorkersFailed: ...\nPeerLost: XGBoost's collective communication with another training worker failed (a "
+             "worker or its pod was lost): [09:58:16] /__w/xgboost/xgboost/src/collective/result.cc:83: ...")
+
+
+def test_a_worker_that_lost_its_peer_waits_for_the_dead_node_and_names_its_pod(monkeypatch):
+    monkeypatch.setattr(cluster.time, "sleep", lambda _: None)
+    gone = [*NODES[:2], {**NODES[2], "Alive": False}]
+    ray = FakeRay(NODES, gone)
+    nodes = cluster._nodes_once_settled(ray, PEER_LOST)
+    assert (nodes, ray.calls) == (gone, 2)
+    assert cluster.describe("every trial failed (1 of 1): ...", PEER_LOST, nodes).startswith(
+        "Ray lost pod churn-v1-train-x7k2p-workers-worker-wk5sb while training")
+
+
+def test_a_memory_kill_is_said_at_once_even_beside_a_lost_peer():
+    ray = FakeRay(NODES)
+    assert cluster._nodes_once_settled(ray, MEMORY_KILL + "\n" + PEER_LOST) == NODES and ray.calls == 1

@@ -88,3 +88,17 @@ def test_the_controller_registry_hands_each_trials_controller_out_once():
     assert registry.pop("trial-a") == "controller-a"
     assert registry.pop("trial-a") is None
     assert registry.pop("trial-b") == "controller-b"
+
+
+def test_xgboosts_collective_failure_is_a_lost_peer_not_bad_params(monkeypatch):
+    """In data-parallel training a round's allreduce fails when another worker's connection closes; that is not
+    the params' fault, and the failure says so (the Ray cluster then names the pod that went)."""
+    import xgboost as xgb
+
+    def broken(*_, **__):
+        raise xgb.core.XGBoostError("[09:58:16] /__w/xgboost/xgboost/src/collective/result.cc:83: \n"
+                                    "- [histogram.h:197|09:58:16]: Connection reset by peer")
+
+    monkeypatch.setattr(xgb, "train", broken)
+    with pytest.raises(learners.PeerLost, match="another training worker failed"):
+        learners.fit_xgboost(learners.Learner("xgboost", "binary"), {}, np.zeros((4, 2)), np.zeros(4))
