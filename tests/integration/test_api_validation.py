@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -75,6 +76,58 @@ def test_kubectl_get_mlcycle_lists_every_kind_with_columns(cluster, api_client, 
     assert len(json.loads(short)["items"]) == 4
 
 
+DOCS = ROOT / "docs"
+
+
+def template(**changes) -> dict:
+    """The example TrainingJob's spec, as a DriftMonitor's retraining template, with top-level fields replaced."""
+    return {**copy.deepcopy(EXAMPLES["TrainingJob"]["spec"]), **changes}
+
+
+def doc_manifests() -> list[dict]:
+    """Every manifest of one of the four kinds in the docs' ```yaml blocks."""
+    found = []
+    for page in sorted(DOCS.glob("*.md")):
+        for block in re.findall(r"^```yaml\n(.*?)^```", page.read_text(), flags=re.MULTILINE | re.DOTALL):
+            found += [d for d in yaml.safe_load_all(block) if isinstance(d, dict) and d.get("kind") in PLURALS]
+    return found
+
+
+def test_every_manifest_in_the_docs_is_accepted(api_client, mlcycle_crds, namespace):
+    manifests = doc_manifests()
+    assert {m["kind"] for m in manifests} == set(PLURALS)
+    for manifest in manifests:
+        client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+            "mlcycle.io", "v1alpha1", namespace, PLURALS[manifest["kind"]], manifest, dry_run="All")
+
+
+# Values at the edge of what the rules allow: the API server must still take them.
+EDGE_CASES = [
+    ("MLProject", {"spec.defaults.resources": {"cpu": 1, "memory": "+512Mi", "gpu": 0}}),
+    ("MLProject", {"spec.featureStore.materialization.schedule": "@hourly", "spec.storage.secretName": "churn.s3"}),
+    ("MLProject", {"spec.featureStore.onlineStore": {"type": "redis", "connectionString": "redis:6379"}}),
+    ("MLProject", {"spec.storage": {"uri": "pvc://churn-models", "pvc": {"size": "1e3"}}}),
+    ("TrainingJob", {"spec.model": {"framework": "sklearn", "estimator": "sklearn.linear_model.LogisticRegression"}}),
+    ("TrainingJob", {"spec.distribution.memoryPerWorker": 2147483648, "spec.activeDeadline": "500ms"}),
+    ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.version": "20261125-171657-dd6a91"}),
+    ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.uri": "pvc://churn-models/churn/models/x/3"}),
+    ("ModelDeployment", {"spec.serving.resources": {"cpu": "0.5", "memory": "1.5Gi", "gpu": 0}}),
+    ("DriftMonitor", {"spec.tests": {"numeric": {"method": "ks", "threshold": 1.0},
+                                     "categorical": {"method": "psi", "threshold": 2.5}}}),
+    ("DriftMonitor", {"spec.actions.retrain.template": template(), "spec.window": "1m0s"}),
+]
+
+
+@pytest.mark.parametrize(("kind", "changes"), EDGE_CASES)
+def test_values_at_the_edge_of_the_rules_are_accepted(api_client, mlcycle_crds, namespace, kind, changes):
+    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        "mlcycle.io", "v1alpha1", namespace, PLURALS[kind], mutated(kind, changes), dry_run="All")
+
+
+POSITIVE = "must be a positive quantity"
+EMPTY = "should be at least 1 chars long"
+
+
 # (kind, changes, field named in the error, words of the error)
 MALFORMED = [
     ("MLProject", {"spec.owners": []}, "spec.owners", "should have at least 1 items"),
@@ -94,7 +147,6 @@ MALFORMED = [
     ("TrainingJob", {"spec.tuning.searchSpace.eta": {"type": "loguniform", "lower": 0, "upper": 1}},
      "spec.tuning.searchSpace[eta].lower", "loguniform needs lower > 0"),
     ("TrainingJob", {"spec.model.framework": "catboost"}, "spec.model.framework", "Unsupported value"),
-    ("TrainingJob", {"spec.model.framework": "custom"}, "spec.model.entrypoint", "entrypoint is required"),
     ("TrainingJob", {"spec.data.split": {"validationFraction": 0.6, "testFraction": 0.5}},
      "spec.data.split.validationFraction", "must leave rows to train on"),
     ("TrainingJob", {"spec.data.features": ["customer:tenure_months"]}, "spec.data.featureService",
@@ -124,6 +176,98 @@ MALFORMED = [
     ("DriftMonitor", {"spec.window": "forever"}, "spec.window", "should match"),
     ("DriftMonitor", {"spec.deployment": DELETE}, "spec.deployment", "Required value"),
     ("ModelDeployment", {"metadata.name": "churn-" + "x" * 60}, "<nil>", "metadata.name must be at most 63 characters"),
+    # Quantities: signed strings fail the pattern; integers and zero fail the rule.
+    ("MLProject", {"spec.defaults.resources.cpu": "-500m"}, "spec.defaults.resources.cpu", "should match"),
+    ("MLProject", {"spec.defaults.resources.memory": -1}, "spec.defaults.resources.memory", POSITIVE),
+    ("MLProject", {"spec.defaults.resources.cpu": "0"}, "spec.defaults.resources.cpu", POSITIVE),
+    ("MLProject", {"spec.storage.pvc.size": "0Gi"}, "spec.storage.pvc.size", POSITIVE),
+    ("TrainingJob", {"spec.distribution.memoryPerWorker": "-2Gi"}, "spec.distribution.memoryPerWorker",
+     "should match"),
+    ("TrainingJob", {"spec.distribution.memoryPerWorker": -2}, "spec.distribution.memoryPerWorker", POSITIVE),
+    ("ModelDeployment", {"spec.serving.resources.cpu": "-500m"}, "spec.serving.resources.cpu", "should match"),
+    ("ModelDeployment", {"spec.serving.resources.memory": "-1Gi"}, "spec.serving.resources.memory", "should match"),
+    ("ModelDeployment", {"spec.serving.resources.cpu": -2}, "spec.serving.resources.cpu", POSITIVE),
+    ("ModelDeployment", {"spec.serving.resources.cpu": "0m"}, "spec.serving.resources.cpu", POSITIVE),
+    ("DriftMonitor", {"spec.resources.memory": 0}, "spec.resources.memory", POSITIVE),
+    ("DriftMonitor", {"spec.resources.cpu": "-250m"}, "spec.resources.cpu", "should match"),
+    # Durations that must be longer than zero.
+    ("DriftMonitor", {"spec.window": "0s"}, "spec.window", "must be longer than 0s"),
+    ("DriftMonitor", {"spec.schedule": "0m"}, "spec.schedule", "must be longer than 0s"),
+    ("ModelDeployment", {"spec.strategy.canary.analysis.interval": "0s"}, "spec.strategy.canary.analysis.interval",
+     "must be longer than 0s"),
+    ("TrainingJob", {"spec.activeDeadline": "0h0m"}, "spec.activeDeadline", "must be longer than 0s"),
+    # p-values.
+    ("DriftMonitor", {"spec.tests.numeric": {"method": "ks", "threshold": 1.5}}, "spec.tests.numeric.threshold",
+     "ks and chiSquared thresholds are p-values: at most 1"),
+    ("DriftMonitor", {"spec.tests.categorical": {"method": "chiSquared", "threshold": 5}},
+     "spec.tests.categorical.threshold", "ks and chiSquared thresholds are p-values: at most 1"),
+    # Formats: cron, object names, URIs, versions.
+    ("MLProject", {"spec.featureStore.materialization.schedule": "every hour"},
+     "spec.featureStore.materialization.schedule", "should match"),
+    ("MLProject", {"spec.featureStore.materialization.schedule": "0 * * * * *"},
+     "spec.featureStore.materialization.schedule", "should match"),
+    ("MLProject", {"spec.storage.secretName": "Churn_S3"}, "spec.storage.secretName", "should match"),
+    ("MLProject", {"spec.storage.uri": "pvc://Churn_Models/artifacts"}, "spec.storage.uri", "should match"),
+    ("MLProject", {"spec.storage.pvc.storageClassName": "fast ssd"}, "spec.storage.pvc.storageClassName",
+     "should match"),
+    ("TrainingJob", {"spec.data.source.uri": "pvc://Churn_Models/data.parquet"}, "spec.data.source.uri",
+     "needs a claim name"),
+    ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.uri": "churn-classifier/3"}, "spec.model.uri",
+     "should match"),
+    ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.uri": "pvc://Models/churn"}, "spec.model.uri",
+     "should match"),
+    ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.version": ""}, "spec.model.version", "should match"),
+    ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.version": "../3"}, "spec.model.version",
+     "should match"),
+    ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.version": "3/model"}, "spec.model.version",
+     "should match"),
+    ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.version": ".."}, "spec.model.version",
+     "should match"),
+    ("DriftMonitor", {"spec.reference": {"source": "Uri", "uri": "pvc://Bad_Claim/ref.parquet"}},
+     "spec.reference.uri", "needs a claim name"),
+    # Required strings may not be empty.
+    ("MLProject", {"spec.objective.businessMetric": ""}, "spec.objective.businessMetric", EMPTY),
+    ("MLProject", {"spec.objective.metric.name": ""}, "spec.objective.metric.name", EMPTY),
+    ("MLProject", {"spec.owners": ["ml-platform@example.com", ""]}, "spec.owners[1]", EMPTY),
+    ("MLProject", {"spec.featureStore.registry": ""}, "spec.featureStore.registry", EMPTY),
+    ("MLProject", {"spec.defaults.image": ""}, "spec.defaults.image", EMPTY),
+    ("TrainingJob", {"spec.data.labelColumn": ""}, "spec.data.labelColumn", EMPTY),
+    ("TrainingJob", {"spec.data.source.uri": ""}, "spec.data.source.uri", EMPTY),
+    ("TrainingJob", {"spec.data.source.entityColumns": [""]}, "spec.data.source.entityColumns[0]", EMPTY),
+    ("TrainingJob", {"spec.data.featureService": DELETE, "spec.data.features": ["customer:tenure_months", ""]},
+     "spec.data.features[1]", EMPTY),
+    ("TrainingJob", {"spec.validation.columns": [{"name": ""}]}, "spec.validation.columns[0].name", EMPTY),
+    ("TrainingJob", {"spec.evaluation.slices": [""]}, "spec.evaluation.slices[0]", EMPTY),
+    ("ModelDeployment", {"spec.serving.onlineFeatures": {"featureService": "", "entityKeys": ["customer_id"]}},
+     "spec.serving.onlineFeatures.featureService", EMPTY),
+    ("ModelDeployment", {"spec.serving.onlineFeatures": {"featureService": "churn_features", "entityKeys": [""]}},
+     "spec.serving.onlineFeatures.entityKeys[0]", EMPTY),
+    ("ModelDeployment", {"spec.strategy.canary.analysis.metrics": [{"name": "", "type": "errorRate", "threshold": 1}]},
+     "spec.strategy.canary.analysis.metrics[0].name", EMPTY),
+    ("DriftMonitor", {"spec.features": ["tenure_months", ""]}, "spec.features[1]", EMPTY),
+    ("DriftMonitor", {"spec.labels": {"uri": ""}}, "spec.labels.uri", EMPTY),
+    # Options that exclude each other, and frameworks the trainer cannot train.
+    ("MLProject", {"spec.featureStore.onlineStore": {"type": "sqlite", "connectionString": "redis:6379"}},
+     "spec.featureStore.onlineStore.connectionString", "connectionString is for redis only"),
+    ("TrainingJob", {"spec.model.estimator": "sklearn.ensemble.RandomForestClassifier"}, "spec.model.estimator",
+     "estimator is for framework sklearn only"),
+    ("TrainingJob", {"spec.model": {"framework": "sklearn", "estimator": "xgboost.XGBClassifier"}},
+     "spec.model.estimator", "should match"),
+    ("TrainingJob", {"spec.model.framework": "lightgbm"}, "spec.model.framework", "Unsupported value"),
+    ("TrainingJob", {"spec.model.framework": "torch"}, "spec.model.framework", "Unsupported value"),
+    ("TrainingJob", {"spec.model.framework": "custom"}, "spec.model.framework", "Unsupported value"),
+    # The retraining template is a TrainingJob spec.
+    ("DriftMonitor", {"spec.actions.retrain.template": {}}, "spec.actions.retrain.template.project",
+     "Required value"),
+    ("DriftMonitor", {"spec.actions.retrain.template": template(**{"model": {"framework": "torch"}})},
+     "spec.actions.retrain.template.model.framework", "Unsupported value"),
+    ("DriftMonitor", {"spec.actions.retrain.template": template(output={"modelName": "Churn_Model"})},
+     "spec.actions.retrain.template.output.modelName", "should match"),
+    ("DriftMonitor", {"spec.actions.retrain.template": template(data={"source": {"uri": "s3://b/rows"},
+                                                                      "labelColumn": ""})},
+     "spec.actions.retrain.template.data.labelColumn", EMPTY),
+    ("DriftMonitor", {"spec.actions.retrain.template": template(activeDeadline="0s")},
+     "spec.actions.retrain.template.activeDeadline", "must be longer than 0s"),
 ]
 
 

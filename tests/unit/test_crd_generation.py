@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from mlcycle_operator.api import crd as crdgen
+from mlcycle_operator.api.common import PositiveDuration, Quantity, Text
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples" / "churn" / "manifests").glob("*.yaml"))
@@ -87,6 +89,30 @@ def test_exclusive_bounds_use_the_openapi_v3_0_form():
         "validationFraction"]
     assert fraction["minimum"] == 0 and fraction["exclusiveMinimum"] is True
     assert fraction["maximum"] == 1 and fraction["exclusiveMaximum"] is True
+
+
+def test_the_retraining_template_is_a_training_job_spec_that_may_change():
+    schema = _root(crdgen.crd(next(k for k in crdgen.KINDS if k.kind == "DriftMonitor")))
+    template = schema["properties"]["spec"]["properties"]["actions"]["properties"]["retrain"]["properties"][
+        "template"]
+    job = crdgen.structural_schema(crdgen.TrainingJobSpec)
+    assert template["properties"] == job["properties"]
+    assert template["required"] == ["project", "data", "model", "output"]
+    assert template["properties"]["model"]["properties"]["framework"]["enum"] == ["xgboost", "sklearn"]
+    # TrainingJob's own `self == oldSelf` would freeze the template inside every DriftMonitor.
+    assert not any("oldSelf" in r["rule"] for r in template.get("x-kubernetes-validations", []))
+
+
+def test_what_the_api_server_refuses_the_models_refuse():
+    """Field-level rules hold in the operator too: quantities above zero, durations above zero, no empty names."""
+    for adapter, bad, good in ((TypeAdapter(Quantity), ("-500m", "-1Gi", -2, 0, "0m", "lots"), ("500m", 2, "4Gi")),
+                               (TypeAdapter(PositiveDuration), ("0s", "0h0m", "forever"), ("1m", "500ms")),
+                               (TypeAdapter(Text), ("",), ("x",))):
+        for value in bad:
+            with pytest.raises(ValidationError):
+                adapter.validate_python(value)
+        for value in good:
+            assert adapter.validate_python(value) == value
 
 
 def test_checked_in_crds_are_current():

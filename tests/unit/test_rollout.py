@@ -369,7 +369,9 @@ def test_steps_removed_mid_rollout_use_the_last_remaining_step():
 
 
 def test_zero_interval_still_analyses_at_most_once_a_second():
-    spec = make_spec(canary(steps=((10, "1h"),), interval="0s"))
+    # The API refuses "0s" now; an object stored before it did may still hold one.
+    spec = make_spec(canary(steps=((10, "1h"),), interval="1s"))
+    spec.strategy.canary.analysis.interval = "0s"
     decisions, _ = drive(spec, make_status(rollout=rolling()), [10, 10, 10.5, 11])
     assert [d.action for d in decisions] == [Action.ANALYSE, Action.HOLD, Action.HOLD, Action.ANALYSE]
 

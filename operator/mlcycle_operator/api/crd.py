@@ -37,6 +37,8 @@ class Kind:
     status: type[BaseModel]
     description: str
     columns: list[dict[str, Any]] = field(default_factory=list)
+    # Free-form spec fields (a path of wire names) that hold another kind's spec, and that kind's spec model.
+    embedded: dict[tuple[str, ...], type[BaseModel]] = field(default_factory=dict)
 
     @property
     def singular(self) -> str:
@@ -113,6 +115,7 @@ KINDS: list[Kind] = [
             _col("Last-Retrain", ".status.lastRetrain.trainingJob"),
             AGE,
         ],
+        embedded={("actions", "retrain", "template"): TrainingJobSpec},
     ),
 ]
 
@@ -210,9 +213,29 @@ def _convert(node: Any, defs: dict[str, Any]) -> Any:
     return {**{k: out[k] for k in _FIRST if k in out}, **{k: v for k, v in out.items() if k not in _FIRST}}
 
 
+def _embed(schema: dict[str, Any], path: tuple[str, ...], model: type[BaseModel]) -> None:
+    """Give the free-form field at `path` the structural schema of `model`, without its transition rules
+    (oldSelf): those guard the embedded kind's own objects, not this copy of a spec. Defaults stay: its other
+    rules read defaulted fields, and the object created from the copy would get the same ones anyway."""
+    node = schema
+    for key in path:
+        node = node["properties"][key]
+    embedded = structural_schema(model)
+    rules = [r for r in embedded.pop("x-kubernetes-validations", []) if "oldSelf" not in r["rule"]]
+    description = node.get("description")
+    node.clear()
+    node.update(embedded)
+    if description:
+        node["description"] = description
+    if rules:
+        node["x-kubernetes-validations"] = rules
+
+
 def crd(kind: Kind) -> dict[str, Any]:
     """The full CustomResourceDefinition of one kind."""
     spec = structural_schema(kind.spec)
+    for path, model in kind.embedded.items():
+        _embed(spec, path, model)
     # Status is written by the operator and the workloads; defaults there would only add noise.
     status = structural_schema(kind.status, defaults=False)
     status["description"] = status.get("description") or f"Observed state of a {kind.kind}."

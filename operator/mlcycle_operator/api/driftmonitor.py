@@ -3,11 +3,38 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import AfterValidator, Field, WithJsonSchema
 
-from .common import ApiModel, Duration, FreeForm, Name, Resources, StatusBase, validations
+from .common import (
+    ApiModel,
+    Duration,
+    FreeForm,
+    Name,
+    PositiveDuration,
+    Resources,
+    StatusBase,
+    Text,
+    pvc_claim_rule,
+    validations,
+)
+from .trainingjob import TrainingJobSpec
+
+
+def _training_job_spec(template: dict[str, Any]) -> dict[str, Any]:
+    """The template as written, once it has been read as a TrainingJob spec (what the API server checks too)."""
+    TrainingJobSpec.model_validate(template)
+    return template
+
+
+# A TrainingJob spec kept as the user wrote it: the retraining job is created from exactly this. The CRD
+# embeds TrainingJob's schema here (see crd.py), so the API server refuses a template no TrainingJob could have.
+TrainingJobTemplate = Annotated[
+    dict[str, Any],
+    AfterValidator(_training_job_spec),
+    WithJsonSchema({"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
+]
 
 
 class Reference(ApiModel):
@@ -16,21 +43,23 @@ class Reference(ApiModel):
     source: Literal["TrainingJob", "Uri"] = Field(
         "TrainingJob", description="The training data of the model in service, or a Parquet URI."
     )
-    uri: str | None = Field(None, description="Reference data (source Uri).")
+    uri: Text | None = Field(None, description="Reference data (source Uri).")
 
     model_config = validations({
         "rule": "(self.source == 'Uri') == has(self.uri)",
         "message": "uri is required for source Uri and only allowed there", "fieldPath": ".uri",
-    })
+    }, pvc_claim_rule("uri"))
 
 
 class DelayedLabels(ApiModel):
     """Ground truth that arrives later, for measuring performance (concept drift)."""
 
-    uri: str = Field(description="Parquet with entity keys, event time and label.")
+    uri: Text = Field(description="Parquet with entity keys, event time and label.")
     delay: Duration = Field("24h", description="How late labels arrive.")
-    metric: str | None = Field(None, description="Metric to track; the project objective's by default.")
+    metric: Text | None = Field(None, description="Metric to track; the project objective's by default.")
     min_drop: float = Field(0.05, ge=0, description="Drop from the training metric that counts as drift.")
+
+    model_config = validations(pvc_claim_rule("uri"))
 
 
 class DriftTest(ApiModel):
@@ -40,6 +69,11 @@ class DriftTest(ApiModel):
     threshold: float = Field(
         gt=0, description="Score above which (p-value below which, for ks/chiSquared) a feature drifted."
     )
+
+    model_config = validations({
+        "rule": "!(self.method in ['ks', 'chiSquared']) || self.threshold <= 1.0",
+        "message": "ks and chiSquared thresholds are p-values: at most 1", "fieldPath": ".threshold",
+    })
 
 
 class DriftTests(ApiModel):
@@ -74,7 +108,9 @@ class Retrain(ApiModel):
     """Start a TrainingJob on drift: from a template, or cloned from the lineage of the model in service."""
 
     enabled: bool = Field(True, description="Retrain on drift.")
-    template: FreeForm | None = Field(None, description="TrainingJob spec to use; cloned from lineage when omitted.")
+    template: TrainingJobTemplate | None = Field(
+        None, description="TrainingJob spec to use; cloned from lineage when omitted."
+    )
     cooldown: Duration = Field("6h", description="Minimum time between two retrainings started by this monitor.")
     max_per_day: int = Field(2, ge=0, le=50, description="Most retrainings started per day.")
     min_drifted_features: int = Field(1, ge=1, description="Drifted features needed to retrain.")
@@ -103,16 +139,16 @@ class DriftMonitorSpec(ApiModel):
 
     deployment: Name = Field(description="The ModelDeployment watched (same namespace).")
     reference: Reference = Field(default_factory=Reference, description="Reference distribution.")
-    features: list[str] = Field(default_factory=list, max_length=500, description="Features to test; all when empty.")
+    features: list[Text] = Field(default_factory=list, max_length=500, description="Features to test; all when empty.")
     prediction: bool = Field(True, description="Also test the distribution of predictions.")
     labels: DelayedLabels | None = Field(None, description="Delayed labels for concept drift.")
     tests: DriftTests = Field(default_factory=DriftTests, description="Statistic and threshold per feature type.")
-    window: Duration = Field("1h", description="Window of live traffic compared with the reference.")
-    schedule: Duration = Field("5m", description="How often the monitor computes a report.")
+    window: PositiveDuration = Field("1h", description="Window of live traffic compared with the reference.")
+    schedule: PositiveDuration = Field("5m", description="How often the monitor computes a report.")
     min_samples: int = Field(500, ge=1, description="Fewest requests in the window for a report to count.")
     alerting: Alerting = Field(default_factory=Alerting, description="Alerting.")
     actions: Actions = Field(default_factory=Actions, description="What to do on drift.")
-    image: str | None = Field(None, description="Runtime image; the project's default when omitted.")
+    image: Text | None = Field(None, description="Runtime image; the project's default when omitted.")
     resources: Resources = Field(default_factory=lambda: Resources(cpu="250m", memory="512Mi"), description="Per pod.")
     autoscaling: MonitorAutoscaling = Field(default_factory=MonitorAutoscaling, description="Monitor replicas.")
 

@@ -6,13 +6,26 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import ApiModel, Duration, Quantity, Resources, StatusBase, validations
+from .common import (
+    STORAGE_URI_PATTERN,
+    ApiModel,
+    Duration,
+    ObjectName,
+    Quantity,
+    Resources,
+    StatusBase,
+    Text,
+    validations,
+)
+
+# A CronJob schedule: five fields (minute hour day-of-month month day-of-week), or a macro such as @hourly.
+CRON_PATTERN = r"^(@(annually|yearly|monthly|weekly|daily|hourly)|([-0-9*?/,A-Za-z]+ +){4}[-0-9*?/,A-Za-z]+)$"
 
 
 class ObjectiveMetric(ApiModel):
     """The model metric that decides whether a model is good enough, written before any model exists."""
 
-    name: str = Field(description="Metric name as the trainer reports it, e.g. roc_auc, rmse, f1.")
+    name: Text = Field(description="Metric name as the trainer reports it, e.g. roc_auc, rmse, f1.")
     direction: Literal["maximize", "minimize"] = Field("maximize", description="Whether higher or lower is better.")
     threshold: float | None = Field(None, description="The value a model must reach to count as a success.")
 
@@ -20,7 +33,7 @@ class ObjectiveMetric(ApiModel):
 class Objective(ApiModel):
     """What the project is for: the business metric and the model metric that stands in for it."""
 
-    business_metric: str = Field(description="The business outcome the model serves, in words (e.g. churn rate).")
+    business_metric: Text = Field(description="The business outcome the model serves, in words (e.g. churn rate).")
     metric: ObjectiveMetric = Field(description="The model metric optimised and gated on.")
 
 
@@ -28,7 +41,7 @@ class PvcStorage(ApiModel):
     """The PersistentVolumeClaim created when storage is pvc://."""
 
     size: Quantity = Field("10Gi", description="Requested capacity.")
-    storage_class_name: str | None = Field(None, description="StorageClass; the cluster default when omitted.")
+    storage_class_name: ObjectName | None = Field(None, description="StorageClass; the cluster default when omitted.")
     access_mode: Literal["ReadWriteOnce", "ReadWriteMany"] = Field(
         "ReadWriteMany", description="ReadWriteMany lets training and serving pods on different nodes share it."
     )
@@ -38,11 +51,11 @@ class Storage(ApiModel):
     """Where models and artifacts live: <uri>/<project>/models/<name>/<version>."""
 
     uri: str = Field(
-        pattern=r"^(s3|pvc|file)://.+",
+        pattern=STORAGE_URI_PATTERN,
         description="s3://bucket/prefix, pvc://claim-name/path or file:///path (single-node and tests).",
     )
     pvc: PvcStorage | None = Field(None, description="Claim settings; only for pvc:// URIs.")
-    secret_name: str | None = Field(
+    secret_name: ObjectName | None = Field(
         None, description="Secret with credentials for s3:// (AWS_ACCESS_KEY_ID, ..., AWS_ENDPOINT_URL)."
     )
 
@@ -64,23 +77,29 @@ class OnlineStore(ApiModel):
     path: str | None = Field(None, description="SQLite database path (sqlite).")
     connection_string: str | None = Field(None, description="host:port[,password=...] (redis).")
 
-    model_config = validations({"rule": "self.type != 'redis' || has(self.connectionString)",
-                                "message": "a redis online store needs connectionString",
-                                "fieldPath": ".connectionString"})
+    model_config = validations(
+        {"rule": "self.type != 'redis' || has(self.connectionString)",
+         "message": "a redis online store needs connectionString", "fieldPath": ".connectionString"},
+        {"rule": "self.type != 'sqlite' || !has(self.connectionString)",
+         "message": "connectionString is for redis only; a sqlite online store takes path",
+         "fieldPath": ".connectionString"},
+    )
 
 
 class Materialization(ApiModel):
     """How often the online store is refreshed from the offline store."""
 
     enabled: bool = Field(True, description="Create the materialization CronJob.")
-    schedule: str = Field("0 * * * *", description="Cron schedule of `feast materialize-incremental`.")
+    schedule: str = Field(
+        "0 * * * *", pattern=CRON_PATTERN, description="Cron schedule of `feast materialize-incremental`."
+    )
 
 
 class FeatureStore(ApiModel):
     """The project's Feast feature store, rendered into feature_store.yaml."""
 
     project: str = Field(pattern=r"^[A-Za-z0-9_]+$", description="Feast project name (letters, digits, _).")
-    registry: str = Field(description="Registry path or URI (e.g. s3://bucket/registry.db).")
+    registry: Text = Field(description="Registry path or URI (e.g. s3://bucket/registry.db).")
     offline_store: OfflineStore = Field(default_factory=OfflineStore, description="Offline store settings.")
     online_store: OnlineStore = Field(default_factory=OnlineStore, description="Online store settings.")
     materialization: Materialization = Field(
@@ -91,7 +110,7 @@ class FeatureStore(ApiModel):
 class ProjectDefaults(ApiModel):
     """Defaults for workloads of this project that do not set their own."""
 
-    image: str | None = Field(None, description="Runtime image for training, serving and monitoring.")
+    image: Text | None = Field(None, description="Runtime image for training, serving and monitoring.")
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent", description="Pull policy for that image."
     )
@@ -110,7 +129,7 @@ class MLProjectSpec(ApiModel):
     """Desired state of an MLProject."""
 
     objective: Objective = Field(description="The business and model objective.")
-    owners: list[str] = Field(min_length=1, max_length=20, description="People or teams accountable (emails).")
+    owners: list[Text] = Field(min_length=1, max_length=20, description="People or teams accountable (emails).")
     storage: Storage = Field(description="Where models and artifacts are stored.")
     feature_store: FeatureStore | None = Field(
         None, description="The Feast feature store, when features come from one."

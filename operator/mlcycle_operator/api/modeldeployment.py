@@ -7,7 +7,18 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import ApiModel, Duration, LabelSelector, Name, Resources, StatusBase, validations
+from .common import (
+    STORAGE_URI_PATTERN,
+    ApiModel,
+    Duration,
+    LabelSelector,
+    Name,
+    PositiveDuration,
+    Resources,
+    StatusBase,
+    Text,
+    validations,
+)
 
 
 class ModelTrack(ApiModel):
@@ -22,8 +33,10 @@ class ModelRef(ApiModel):
     """Which model to serve: pinned by version or URI, or tracked. Exactly one of version, uri, track."""
 
     name: Name = Field(description="Model name (TrainingJob spec.output.modelName).")
-    version: str | None = Field(None, description="Pinned version in the project's storage.")
-    uri: str | None = Field(None, description="Pinned model URI (s3://, pvc://, file://).")
+    # A version is a directory under <storage>/<project>/models/<name>/: one path segment, never . or ..
+    version: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", max_length=128,
+                                description="Pinned version in the project's storage.")
+    uri: str | None = Field(None, pattern=STORAGE_URI_PATTERN, description="Pinned model URI (s3://, pvc://, file://).")
     track: ModelTrack | None = Field(None, description="Track gated TrainingJobs.")
 
     model_config = validations({
@@ -63,15 +76,15 @@ class Autoscaling(ApiModel):
 class OnlineFeatures(ApiModel):
     """Features fetched from Feast for requests that carry only entity keys."""
 
-    feature_service: str = Field(description="Feast feature service to read.")
-    entity_keys: list[str] = Field(min_length=1, description="Request fields that are entity keys.")
+    feature_service: Text = Field(description="Feast feature service to read.")
+    entity_keys: list[Text] = Field(min_length=1, description="Request fields that are entity keys.")
 
 
 class Serving(ApiModel):
     """How each model version is served."""
 
     runtime: Literal["bentoml"] = Field("bentoml", description="Serving runtime.")
-    image: str | None = Field(None, description="Runtime image; the project's default when omitted.")
+    image: Text | None = Field(None, description="Runtime image; the project's default when omitted.")
     replicas: int = Field(1, ge=0, le=1000, description="Replicas per version when autoscaling is off.")
     resources: Resources = Field(default_factory=Resources, description="Per replica.")
     batching: Batching = Field(default_factory=Batching, description="Adaptive batching.")
@@ -89,11 +102,11 @@ class CanaryStep(ApiModel):
 class AnalysisMetric(ApiModel):
     """One measurement that decides whether the candidate is healthy."""
 
-    name: str = Field(description="Name shown in status.")
+    name: Text = Field(description="Name shown in status.")
     type: Literal["errorRate", "latencyP99", "predictionDrift", "promql"] = Field(
         description="Built-in measurement, or promql for your own query."
     )
-    query: str | None = Field(None, description="PromQL returning one number; {{version}}, {{namespace}} and "
+    query: Text | None = Field(None, description="PromQL returning one number; {{version}}, {{namespace}} and "
                                                 "{{deployment}} are substituted.")
     threshold: float = Field(description="Limit the value is compared against.")
     comparison: Literal["lessThan", "greaterThan"] = Field("lessThan", description="Healthy when value < or > limit.")
@@ -107,7 +120,7 @@ class AnalysisMetric(ApiModel):
 class Analysis(ApiModel):
     """Automated analysis of the candidate on live metrics (Prometheus)."""
 
-    interval: Duration = Field("1m", description="Time between analysis runs.")
+    interval: PositiveDuration = Field("1m", description="Time between analysis runs.")
     failure_limit: int = Field(2, ge=1, le=100, description="Failed runs after which the candidate is rolled back.")
     metrics: list[AnalysisMetric] = Field(
         default_factory=list, max_length=20, description="Measurements; error rate and p99 latency when empty."

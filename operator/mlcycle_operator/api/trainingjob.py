@@ -7,15 +7,27 @@ from typing import Literal
 
 from pydantic import Field
 
-from .common import ApiModel, Duration, FreeForm, Name, Quantity, StatusBase, validations
+from .common import (
+    ApiModel,
+    FreeForm,
+    Name,
+    PositiveDuration,
+    Quantity,
+    StatusBase,
+    Text,
+    pvc_claim_rule,
+    validations,
+)
 
 
 class EntitySource(ApiModel):
     """The rows to train on: entity keys with event timestamps (and the label), as Parquet."""
 
-    uri: str = Field(description="Parquet file or directory (file://, s3://, or a path in the project storage).")
-    timestamp_column: str = Field("event_timestamp", description="Event time of each row; drives the split.")
-    entity_columns: list[str] = Field(default_factory=list, description="Entity key columns for the Feast join.")
+    uri: Text = Field(description="Parquet file or directory (file://, s3://, or a path in the project storage).")
+    timestamp_column: Text = Field("event_timestamp", description="Event time of each row; drives the split.")
+    entity_columns: list[Text] = Field(default_factory=list, description="Entity key columns for the Feast join.")
+
+    model_config = validations(pvc_claim_rule("uri"))
 
 
 class TimeSplit(ApiModel):
@@ -35,9 +47,9 @@ class Data(ApiModel):
     """Where training data comes from and how it is split."""
 
     source: EntitySource = Field(description="Entity rows with timestamps and label.")
-    feature_service: str | None = Field(None, description="Feast feature service to join (point-in-time).")
-    features: list[str] = Field(default_factory=list, description="Feast feature refs (view:feature) to join.")
-    label_column: str = Field(description="Column with the target.")
+    feature_service: Text | None = Field(None, description="Feast feature service to join (point-in-time).")
+    features: list[Text] = Field(default_factory=list, description="Feast feature refs (view:feature) to join.")
+    label_column: Text = Field(description="Column with the target.")
     split: TimeSplit = Field(default_factory=TimeSplit, description="Time-based train/validation/test split.")
 
     model_config = validations({
@@ -50,7 +62,7 @@ class Data(ApiModel):
 class ColumnRule(ApiModel):
     """What one column must look like; every violation is listed in the job's report."""
 
-    name: str = Field(description="Column name.")
+    name: Text = Field(description="Column name.")
     type: Literal["int", "float", "string", "bool", "timestamp"] | None = Field(None, description="Expected type.")
     min: float | None = Field(None, description="Smallest allowed value (numeric columns).")
     max: float | None = Field(None, description="Largest allowed value (numeric columns).")
@@ -74,18 +86,18 @@ class Validation(ApiModel):
 class Model(ApiModel):
     """The learner and its fixed parameters."""
 
-    framework: Literal["xgboost", "lightgbm", "sklearn", "torch", "custom"] = Field(description="Training framework.")
+    # What the trainer in the runtime image trains; anything else would only fail at run time.
+    framework: Literal["xgboost", "sklearn"] = Field(description="Training framework.")
     estimator: str | None = Field(
-        None, description="sklearn estimator class (e.g. sklearn.ensemble.RandomForestClassifier)."
+        None, pattern=r"^sklearn(\.[A-Za-z_][A-Za-z0-9_]*){2,}$",
+        description="sklearn estimator class (e.g. sklearn.ensemble.RandomForestClassifier).",
     )
-    entrypoint: str | None = Field(None, description="module:function for framework custom.")
     task: Literal["binary", "multiclass", "regression"] = Field("binary", description="Prediction task.")
     params: FreeForm = Field(default_factory=dict, description="Fixed hyper-parameters passed to the learner.")
 
     model_config = validations({
-        "rule": "(self.framework == 'custom') == has(self.entrypoint)",
-        "message": "entrypoint is required for framework custom and only allowed there",
-        "fieldPath": ".entrypoint",
+        "rule": "self.framework == 'sklearn' || !has(self.estimator)",
+        "message": "estimator is for framework sklearn only", "fieldPath": ".estimator",
     })
 
 
@@ -130,7 +142,7 @@ class Tuning(ApiModel):
     )
     algorithm: Literal["random", "grid", "optuna", "hyperopt"] = Field("random", description="Search algorithm.")
     scheduler: Scheduler = Field(default_factory=Scheduler, description="Early stopping.")
-    metric: str | None = Field(None, description="Metric to optimise; the project objective's by default.")
+    metric: Text | None = Field(None, description="Metric to optimise; the project objective's by default.")
     mode: Literal["max", "min"] | None = Field(None, description="Direction; the project objective's by default.")
     max_concurrent_trials: int = Field(1, ge=1, le=64, description="Trials running at once.")
 
@@ -162,7 +174,7 @@ class Evaluation(ApiModel):
         description="Baselines scored beside the model.", json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     gates: Gates = Field(default_factory=Gates, description="Promotion gates.")
-    slices: list[str] = Field(default_factory=list, max_length=20, description="Columns to report metrics per value.")
+    slices: list[Text] = Field(default_factory=list, max_length=20, description="Columns to report metrics per value.")
     calibration: bool = Field(True, description="Report Brier score and expected calibration error.")
 
 
@@ -189,8 +201,8 @@ class TrainingJobSpec(ApiModel):
     distribution: Distribution = Field(default_factory=Distribution, description="Ray workers.")
     evaluation: Evaluation = Field(default_factory=Evaluation, description="Baselines, gates, slices.")
     output: Output = Field(description="Produced model.")
-    image: str | None = Field(None, description="Runtime image; the project's default when omitted.")
-    active_deadline: Duration = Field("6h", description="Longest the job may run before it is failed.")
+    image: Text | None = Field(None, description="Runtime image; the project's default when omitted.")
+    active_deadline: PositiveDuration = Field("6h", description="Longest the job may run before it is failed.")
     backoff_limit: int = Field(0, ge=0, le=10, description="Retries of the training pod on failure.")
 
 
