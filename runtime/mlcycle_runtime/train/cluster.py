@@ -168,17 +168,18 @@ def explain(message: str, error: BaseException | str | None = None) -> str:
 NODE_DEATH_WAIT_S = 30.0
 
 
-# XGBoost's collective layer failing in a surviving worker as its peer's connection closes (learners.PeerLost).
-_PEER_LOST = "collective communication with another training worker failed"
+# What a lost pod looks like in the failure before Ray marks its node dead: an actor on it (the trial, a worker)
+# "died unexpectedly", or XGBoost's collective layer failed in a surviving worker (learners.PeerLost).
+_LOSS_SIGNS = ("died unexpectedly", "collective communication with another training worker failed")
 
 
 def _nodes_once_settled(ray, text: str) -> list[dict]:
-    """ray.nodes(); where `text` says a worker process died and its node is still alive, or that a worker lost its
-    peer and no node is dead yet, asked again for up to NODE_DEATH_WAIT_S, so that a lost pod is said as one and
-    not as a killed process or a broken connection. Not when Ray's memory monitor says why."""
+    """ray.nodes(); where `text` says a worker process died and its node is still alive, or shows another sign of a
+    lost pod (_LOSS_SIGNS) and no node is dead yet, asked again for up to NODE_DEATH_WAIT_S, so that a lost pod is
+    said as one and not as a dead actor or a broken connection. Not when Ray's memory monitor says why."""
     nodes = ray.nodes()
     died = _ACTOR_IP.search(text) if _PROCESS_DIED in text else None
-    if _MEMORY_KILL.search(text) or not (died or _PEER_LOST in text):
+    if _MEMORY_KILL.search(text) or not (died or any(sign in text for sign in _LOSS_SIGNS)):
         return nodes
 
     def settled(nodes: list[dict]) -> bool:

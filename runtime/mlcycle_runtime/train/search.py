@@ -6,6 +6,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,4 +250,10 @@ def _trial_error(trial: Any) -> tuple[str, str]:
     except OSError:
         pass
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else f"trial {trial.trial_id} failed"), text
+    # The exception's own line ("ValueError: ...", "ray.exceptions.ActorDiedError: ..."), the last one of a chained
+    # traceback; not the detail lines Ray prints after some (class_name, actor_id).
+    headline = next((ln for ln in reversed(lines) if _EXCEPTION_LINE.match(ln)), lines[-1] if lines else "")
+    return headline or f"trial {trial.trial_id} failed", text
+
+
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(?:Error|Exception|Exit)\b[^:]*:")

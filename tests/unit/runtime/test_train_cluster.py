@@ -154,3 +154,11 @@ def test_a_worker_that_lost_its_peer_waits_for_the_dead_node_and_names_its_pod(m
 def test_a_memory_kill_is_said_at_once_even_beside_a_lost_peer():
     ray = FakeRay(NODES)
     assert cluster._nodes_once_settled(ray, MEMORY_KILL + "\n" + PEER_LOST) == NODES and ray.calls == 1
+
+
+def test_a_trial_whose_actor_died_waits_for_the_dead_node_and_names_its_pod(monkeypatch):
+    monkeypatch.setattr(cluster.time, "sleep", lambda _: None)
+    text = "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task.\n\tactor_id: ae"
+    gone = [*NODES[:2], {**NODES[2], "Alive": False}]
+    ray = FakeRay(NODES, NODES, gone)
+    assert cluster._nodes_once_settled(ray, text) == gone and ray.calls == 3

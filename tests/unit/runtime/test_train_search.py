@@ -198,3 +198,19 @@ def test_a_running_trials_rounds_are_printed_at_most_every_interval(capsys):
     quiet = search.Progress(1, "log_loss", "min", round_interval_s=3600)
     quiet.result("t1", {}, {"log_loss": 0.5, "rounds": 1})
     assert capsys.readouterr().out.splitlines() == ["trial t1: round 7/300, log_loss=0.5123", "trial t1: round 8/300"]
+
+
+@pytest.mark.parametrize(("written", "headline"), [
+    ("Failure # 1 (occurred at 2026-12-06_10-09-20)\nray.exceptions.ActorDiedError: The actor died unexpectedly "
+     "before finishing this task.\n\tclass_name: \n\tactor_id: aeacaeadf2e7\n",
+     "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."),
+    ("Failure # 1\nTraceback (most recent call last):\n  File \"x.py\", line 1, in f\nValueError: bad\n",
+     "ValueError: bad"),
+    ("Failure # 1\nsomething odd\n", "something odd"),
+])
+def test_a_failed_trials_headline_is_its_exceptions_line(tmp_path, written, headline):
+    """What the job's message quotes of a failed trial: the exception's line, not Ray's detail lines after it."""
+    error_file = tmp_path / "error.txt"
+    error_file.write_text(written)
+    trial = type("Trial", (), {"trial_id": "t1", "error_file": str(error_file)})()
+    assert search._trial_error(trial) == (headline, written)
