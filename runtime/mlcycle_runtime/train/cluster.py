@@ -168,9 +168,11 @@ def explain(message: str, error: BaseException | str | None = None) -> str:
 NODE_DEATH_WAIT_S = 30.0
 
 
+# What learners.PeerLost says: XGBoost's collective layer failed in a surviving worker as its peer went.
+PEER_LOST = "XGBoost's collective communication with another training worker failed"
 # What a lost pod looks like in the failure before Ray marks its node dead: an actor on it (the trial, a worker)
-# "died unexpectedly", or XGBoost's collective layer failed in a surviving worker (learners.PeerLost).
-_LOSS_SIGNS = ("died unexpectedly", "collective communication with another training worker failed")
+# "died unexpectedly", or a surviving worker lost its peer.
+_LOSS_SIGNS = ("died unexpectedly", PEER_LOST)
 
 
 def _nodes_once_settled(ray, text: str) -> list[dict]:

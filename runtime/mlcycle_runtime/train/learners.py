@@ -136,8 +136,7 @@ def fit_xgboost(learner: Learner, sampled: dict[str, Any], x: np.ndarray, y: np.
     except xgb.core.XGBoostError as err:
         first = str(err).splitlines()[0]
         if "/collective/" in str(err):  # the allreduce of a round: a peer's connection closed, not the params
-            raise PeerLost(f"XGBoost's collective communication with another training worker failed (a worker "
-                           f"or its pod was lost): {first}") from None
+            raise PeerLost(f"{cluster.PEER_LOST} (a worker or its pod was lost): {first}") from None
         raise LearnerError(f"xgboost rejected the model params: {first}") from None
 
 
