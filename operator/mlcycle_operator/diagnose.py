@@ -12,13 +12,16 @@ from . import conditions as cond
 
 TERMINAL = ("Succeeded", "Failed")
 RUNTIME_PHASES = ("ValidatingData", "Training", "Evaluating", "Succeeded", "Failed")
+# Progressing True names the phase a job is in (a phase not listed, which only an edit of status could give, as is).
+PHASE_REASONS = {r.value: r for r in (cond.Reason.PENDING, cond.Reason.VALIDATING_DATA, cond.Reason.TRAINING,
+                                      cond.Reason.EVALUATING)}
 
 
 @dataclass(frozen=True)
 class Problem:
     """Something a user can act on, found in the workload's pods or the Job itself."""
 
-    reason: str
+    reason: cond.Reason
     message: str
     fatal: bool  # the run cannot recover by itself
 
@@ -34,7 +37,8 @@ class TrainingObservation:
 TRAINING_MEMORY_HINT = "raise distribution.memoryPerWorker"
 # The reasons pod_problems and autoscaler_problems give: a condition with one of them lasts only as long as the
 # pods (or the autoscalers) show it.
-POD_REASONS = (cond.IMAGE_PULL, cond.UNSCHEDULABLE, cond.OOM_KILLED, cond.AUTOSCALING_INACTIVE)
+POD_REASONS = (cond.Reason.IMAGE_PULL_FAILED, cond.Reason.UNSCHEDULABLE, cond.Reason.OOM_KILLED,
+               cond.Reason.AUTOSCALING_INACTIVE)
 
 
 def pod_problems(pods: list[dict[str, Any]], memory_hint: str = TRAINING_MEMORY_HINT) -> list[Problem]:
@@ -45,20 +49,20 @@ def pod_problems(pods: list[dict[str, Any]], memory_hint: str = TRAINING_MEMORY_
         status = pod.get("status") or {}
         for c in status.get("conditions") or []:
             if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-                problems.append(Problem(cond.UNSCHEDULABLE,
+                problems.append(Problem(cond.Reason.UNSCHEDULABLE,
                                         f"pod {name} cannot be scheduled: {c.get('message', '')}".strip(), False))
         for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
             waiting = (cs.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff", "InvalidImageName"):
-                problems.append(Problem(cond.IMAGE_PULL, f"image {cs.get('image')} of pod {name} cannot be pulled: "
-                                        f"{waiting.get('message') or waiting['reason']}", False))
+                problems.append(Problem(cond.Reason.IMAGE_PULL_FAILED, f"image {cs.get('image')} of pod {name} cannot "
+                                        f"be pulled: {waiting.get('message') or waiting['reason']}", False))
             for state in ((cs.get("state") or {}).get("terminated"), (cs.get("lastState") or {}).get("terminated")):
                 if state and state.get("reason") == "OOMKilled":
                     limit = next((c.get("resources", {}).get("limits", {}).get("memory")
                                   for c in (pod.get("spec") or {}).get("containers") or []
                                   if c.get("name") == cs.get("name")), None)
-                    problems.append(Problem(cond.OOM_KILLED, f"container {cs.get('name')} of pod {name} ran out of "
-                                            f"memory (OOMKilled at its limit of {limit or 'no limit'}): "
+                    problems.append(Problem(cond.Reason.OOM_KILLED, f"container {cs.get('name')} of pod {name} ran out "
+                                            f"of memory (OOMKilled at its limit of {limit or 'no limit'}): "
                                             f"{memory_hint}", True))
                     break
     return problems
@@ -79,8 +83,9 @@ def autoscaler_problems(autoscalers: list[dict[str, Any]], now: str) -> list[Pro
             if (c.get("type") in ("ScalingActive", "AbleToScale") and c.get("status") == "False"
                     and c.get("reason") != "ScalingDisabled"
                     and _seconds_between(c.get("lastTransitionTime") or "", now) >= AUTOSCALER_GRACE_SECONDS):
-                problems.append(Problem(cond.AUTOSCALING_INACTIVE, f"autoscaler {hpa['metadata']['name']} cannot "
-                                        f"scale ({c.get('reason')}): {(c.get('message') or '').strip()}", False))
+                problems.append(Problem(cond.Reason.AUTOSCALING_INACTIVE, f"autoscaler {hpa['metadata']['name']} "
+                                        f"cannot scale ({c.get('reason')}): {(c.get('message') or '').strip()}",
+                                        False))
                 break
     return problems
 
@@ -91,15 +96,17 @@ def job_failure(job: dict[str, Any] | None) -> Problem | None:
     if (job or {}).get("kind") == "RayJob":
         if status.get("jobDeploymentStatus") == "Failed" or status.get("jobStatus") == "FAILED":
             if status.get("reason") == "DeadlineExceeded":
-                return Problem(cond.DEADLINE_EXCEEDED, "training ran past spec.activeDeadline and was stopped", True)
-            return Problem(cond.TRAINING_FAILED, f"the RayJob failed: {status.get('reason', '')}: "
+                return Problem(cond.Reason.DEADLINE_EXCEEDED, "training ran past spec.activeDeadline and was stopped",
+                               True)
+            return Problem(cond.Reason.TRAINING_FAILED, f"the RayJob failed: {status.get('reason', '')}: "
                            f"{status.get('message', '')}".strip(" :"), True)
         return None
     for c in status.get("conditions") or []:
         if c.get("type") == "Failed" and c.get("status") == "True":
             if c.get("reason") == "DeadlineExceeded":
-                return Problem(cond.DEADLINE_EXCEEDED, "training ran past spec.activeDeadline and was stopped", True)
-            return Problem(cond.TRAINING_FAILED, f"the training workload failed: {c.get('reason')}: "
+                return Problem(cond.Reason.DEADLINE_EXCEEDED, "training ran past spec.activeDeadline and was stopped",
+                               True)
+            return Problem(cond.Reason.TRAINING_FAILED, f"the training workload failed: {c.get('reason')}: "
                            f"{c.get('message', '')}".strip(), True)
     return None
 
@@ -152,12 +159,12 @@ def observe_training(old: dict[str, Any], job: dict[str, Any] | None, pods: list
         violations = validation.get("violations") or []
         message = "data passed validation" if valid else "bad data: " + "; ".join(
             v if isinstance(v, str) else v.get("message", str(v)) for v in violations[:20])
-        conditions = cond.set_condition(conditions, cond.DATA_VALID, valid, "Validated" if valid else cond.BAD_DATA,
-                                        message, generation)
+        conditions = cond.set_condition(conditions, cond.DATA_VALID, valid,
+                                        cond.Reason.VALIDATED if valid else cond.Reason.BAD_DATA, message, generation)
         if not valid:
             phase = "Failed"
             more = f" (and {len(violations) - 20} more)" if len(violations) > 20 else ""
-            validation_problem = Problem(cond.BAD_DATA, message + more, True)
+            validation_problem = Problem(cond.Reason.BAD_DATA, message + more, True)
 
     problems = pod_problems(pods)
     if validation is not None and not validation.get("passed"):
@@ -166,14 +173,14 @@ def observe_training(old: dict[str, Any], job: dict[str, Any] | None, pods: list
     if failure is not None:
         problems.append(failure)
     if reported == "Failed" and result.get("error"):
-        problems.append(Problem(cond.TRAINING_FAILED, str(result["error"])[:2000], True))
+        problems.append(Problem(cond.Reason.TRAINING_FAILED, str(result["error"])[:2000], True))
     if any(p.fatal for p in problems) and phase not in TERMINAL:
         phase = "Failed"
     completed = job_completed_at(job)
     if (phase not in TERMINAL and completed is not None and reported != "Succeeded"
             and _seconds_between(completed, now) >= REPORT_GRACE_SECONDS):
         # The pod exited 0 without reporting: treat as a failure, never as a silent success.
-        problems.append(Problem(cond.TRAINING_FAILED, "the trainer exited without reporting a result", True))
+        problems.append(Problem(cond.Reason.TRAINING_FAILED, "the trainer exited without reporting a result", True))
         phase = "Failed"
 
     if problems:
@@ -184,7 +191,7 @@ def observe_training(old: dict[str, Any], job: dict[str, Any] | None, pods: list
                 cond.get_condition(old.get("conditions"), cond.DEGRADED).get("reason") != worst.reason:
             events.append(("Warning", worst.reason, worst.message))
     elif cond.is_true(conditions, cond.DEGRADED):
-        conditions = cond.set_condition(conditions, cond.DEGRADED, False, "Recovered", "", generation)
+        conditions = cond.set_condition(conditions, cond.DEGRADED, False, cond.Reason.RECOVERED, "", generation)
 
     # No gates configured passes vacuously: the job is eligible on its metrics alone.
     gates = new["gates"] if "gates" in new else old.get("gates")
@@ -193,13 +200,13 @@ def observe_training(old: dict[str, Any], job: dict[str, Any] | None, pods: list
         new["gatesPassed"] = passed
         failed = [g for g in gates if not g.get("passed")]
         conditions = cond.set_condition(
-            conditions, cond.GATES_PASSED, passed, "GatesPassed" if passed else "GatesFailed",
+            conditions, cond.GATES_PASSED, passed, cond.Reason.GATES_PASSED if passed else cond.Reason.GATES_FAILED,
             "every gate passed" if passed else "failed gates: " + ", ".join(
                 f"{g['name']} {g.get('value')} vs {g.get('threshold')}" for g in failed), generation)
 
     running = phase not in TERMINAL
     conditions = cond.set_condition(
-        conditions, cond.PROGRESSING, running, phase if running else "Finished",
+        conditions, cond.PROGRESSING, running, PHASE_REASONS.get(phase, phase) if running else cond.Reason.FINISHED,
         f"phase {phase}" + (f": {(new.get('trials') or {}).get('finished', 0)}/"
                             f"{(new.get('trials') or {}).get('total', 0)} trials" if new.get("trials") else ""),
         generation)
@@ -208,11 +215,11 @@ def observe_training(old: dict[str, Any], job: dict[str, Any] | None, pods: list
         model = new.get("model") or {}
         if phase == "Succeeded":
             metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted((new.get("metrics") or {}).items())[:6])
-            events.append(("Normal", cond.SUCCEEDED, f"model {model.get('name')} version {model.get('version')} "
+            events.append(("Normal", cond.Reason.SUCCEEDED, f"model {model.get('name')} version {model.get('version')} "
                            f"trained ({metrics}); gates {'passed' if new.get('gatesPassed') else 'not passed'}"))
         else:
             reasons = "; ".join(p.message for p in problems) or "the trainer reported failure"
-            events.append(("Warning", "Failed", reasons))
+            events.append(("Warning", cond.Reason.FAILED, reasons))
     new["phase"] = phase
     new["conditions"] = conditions
     return TrainingObservation(new, events)

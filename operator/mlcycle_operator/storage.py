@@ -49,7 +49,7 @@ def observe_claim(desired: dict[str, Any], claim: dict[str, Any] | None,
     problems: list[Problem] = []
     changes = claim_changes(desired, claim)
     if changes:
-        problems.append(Problem(cond.STORAGE_IMMUTABLE,
+        problems.append(Problem(cond.Reason.STORAGE_SPEC_IMMUTABLE,
                                 f"claim {name} cannot take spec.storage.pvc's {'; '.join(changes)}: a claim's "
                                 "access modes and class are fixed when it is made. Set spec.storage.pvc back, or "
                                 "delete the claim (the models in it go with it) and the operator makes it anew",
@@ -59,7 +59,7 @@ def observe_claim(desired: dict[str, Any], claim: dict[str, Any] | None,
         status["message"] = f"bound to volume {volume} ({modes})" if volume else f"bound ({modes})"
     elif phase == "Lost":
         status["message"] = f"lost volume {volume}"
-        problems.append(Problem(cond.STORAGE_NOT_BOUND, f"claim {name} lost volume {volume}: the models in it "
+        problems.append(Problem(cond.Reason.STORAGE_NOT_BOUND, f"claim {name} lost volume {volume}: the models in it "
                                 "cannot be read; restore the volume, or delete the claim", True))
     else:
         # A failing provisioner alternates its failure with Normal "Provisioning"/"ExternalProvisioning" Events: while
@@ -76,6 +76,6 @@ def observe_claim(desired: dict[str, Any], claim: dict[str, Any] | None,
                         "ReadWriteOnce only): use a class that provides ReadWriteMany (NFS, CephFS, EFS), or set "
                         "spec.storage.pvc.accessMode: ReadWriteOnce (the project's pods then run on the claim's "
                         "node) and delete this claim, whose access mode cannot change")
-            problems.append(Problem(cond.STORAGE_NOT_BOUND, f"claim {name} ({modes}) is not bound: {said}{hint}",
+            problems.append(Problem(cond.Reason.STORAGE_NOT_BOUND, f"claim {name} ({modes}) is not bound: {said}{hint}",
                                     False))
     return status, problems

@@ -13,15 +13,15 @@ T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 T1 = T0 + timedelta(minutes=5)
 
 
-def ready(status: str = "True", reason: str = cond.RECONCILED, at: str = "2025-03-01T11:00:00Z") -> dict:
+def ready(status: str = "True", reason: str = cond.Reason.RECONCILED, at: str = "2025-03-01T11:00:00Z") -> dict:
     return {"type": cond.READY, "status": status, "reason": reason, "message": "", "lastTransitionTime": at,
             "observedGeneration": 1}
 
 
 def test_adds_a_condition_to_an_empty_list():
-    result = cond.set_condition([], cond.READY, True, cond.RECONCILED, "all children applied", 3, at=T0)
+    result = cond.set_condition([], cond.READY, True, cond.Reason.RECONCILED, "all children applied", 3, at=T0)
     assert result == [{
-        "type": cond.READY, "status": "True", "reason": cond.RECONCILED, "message": "all children applied",
+        "type": cond.READY, "status": "True", "reason": cond.Reason.RECONCILED, "message": "all children applied",
         "lastTransitionTime": "2025-03-01T12:00:00Z", "observedGeneration": 3,
     }]
 
@@ -41,12 +41,12 @@ def test_status_is_written_as_the_kubernetes_string(status, text):
 def test_replaces_the_condition_of_the_same_type_in_place():
     existing = [ready(), {"type": cond.PROGRESSING, "status": "True", "reason": "Training", "message": "",
                           "lastTransitionTime": "2025-03-01T11:00:00Z", "observedGeneration": 1}]
-    result = cond.set_condition(existing, cond.READY, False, cond.PROJECT_NOT_FOUND, "MLProject churn is gone", 2,
-                                at=T1)
+    result = cond.set_condition(existing, cond.READY, False, cond.Reason.PROJECT_NOT_FOUND, "MLProject churn is gone",
+                                2, at=T1)
     assert len(result) == 2
     assert [c["type"] for c in result] == [cond.READY, cond.PROGRESSING]
     assert result[0]["status"] == "False"
-    assert result[0]["reason"] == cond.PROJECT_NOT_FOUND
+    assert result[0]["reason"] == cond.Reason.PROJECT_NOT_FOUND
     assert result[0]["message"] == "MLProject churn is gone"
     assert result[0]["observedGeneration"] == 2
     assert result[1] == existing[1]
@@ -80,7 +80,7 @@ def test_without_a_time_it_uses_now_in_utc_seconds():
 
 @pytest.mark.parametrize("status", [True, False])
 def test_does_not_mutate_the_input_list(status):
-    existing = [ready(), {"type": cond.DEGRADED, "status": "True", "reason": cond.OOM_KILLED, "message": "oom",
+    existing = [ready(), {"type": cond.DEGRADED, "status": "True", "reason": cond.Reason.OOM_KILLED, "message": "oom",
                           "lastTransitionTime": "2025-03-01T11:00:00Z", "observedGeneration": 1}]
     snapshot = copy.deepcopy(existing)
     replaced = cond.set_condition(existing, cond.READY, status, "Other", "changed", 5, at=T1)

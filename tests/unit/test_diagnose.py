@@ -97,7 +97,7 @@ def observe(old: dict, workload: dict | None = None, pods: list | None = None, n
 @pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff", "InvalidImageName"])
 def test_image_pull_problems_name_the_image(reason):
     [problem] = pod_problems([pod(containers=[waiting(reason, image="registry.local/runtime:typo")])])
-    assert problem.reason == cond.IMAGE_PULL
+    assert problem.reason == cond.Reason.IMAGE_PULL_FAILED
     assert "registry.local/runtime:typo" in problem.message
     assert "churn-v1-train-abcde" in problem.message
     assert not problem.fatal  # a registry hiccup or a pushed tag can still fix it
@@ -111,7 +111,7 @@ def test_image_pull_message_carries_the_kubelet_message_when_there_is_one():
 
 def test_image_pull_problems_of_init_containers_are_found():
     [problem] = pod_problems([pod(init_containers=[waiting("ErrImagePull", image="busybox:nope", name="init")])])
-    assert problem.reason == cond.IMAGE_PULL
+    assert problem.reason == cond.Reason.IMAGE_PULL_FAILED
     assert "busybox:nope" in problem.message
 
 
@@ -123,7 +123,7 @@ def test_other_waiting_reasons_are_not_image_pull_problems(reason):
 def test_unschedulable_includes_the_schedulers_message():
     scheduler = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."
     [problem] = pod_problems([pod(conditions=[unschedulable(scheduler)])])
-    assert problem.reason == cond.UNSCHEDULABLE
+    assert problem.reason == cond.Reason.UNSCHEDULABLE
     assert scheduler in problem.message
     assert "churn-v1-train-abcde" in problem.message
     assert not problem.fatal  # the cluster autoscaler may still add a node
@@ -141,7 +141,7 @@ def test_other_scheduling_conditions_are_not_problems(scheduled):
 @pytest.mark.parametrize("where", ["state", "lastState"])
 def test_oom_killed_is_fatal_in_state_or_last_state(where):
     [problem] = pod_problems([pod(containers=[oom(where)])])
-    assert problem.reason == cond.OOM_KILLED
+    assert problem.reason == cond.Reason.OOM_KILLED
     assert problem.fatal
     assert "trainer" in problem.message
     assert "memoryPerWorker" in problem.message  # says what to change
@@ -163,7 +163,8 @@ def test_problems_of_several_pods_are_all_listed():
         pod("head", containers=[waiting("ErrImagePull")]),
         pod("worker", conditions=[unschedulable()], containers=[oom("lastState")]),
     ])
-    assert [p.reason for p in problems] == [cond.IMAGE_PULL, cond.UNSCHEDULABLE, cond.OOM_KILLED]
+    assert [p.reason for p in problems] == [cond.Reason.IMAGE_PULL_FAILED, cond.Reason.UNSCHEDULABLE,
+                                            cond.Reason.OOM_KILLED]
 
 
 def test_healthy_and_bare_pods_have_no_problems():
@@ -177,13 +178,13 @@ def test_healthy_and_bare_pods_have_no_problems():
 
 def test_deadline_exceeded():
     problem = job_failure(job(failed("DeadlineExceeded", "Job was active longer than specified deadline")))
-    assert problem == Problem(cond.DEADLINE_EXCEEDED, problem.message, True)
+    assert problem == Problem(cond.Reason.DEADLINE_EXCEEDED, problem.message, True)
     assert "activeDeadline" in problem.message
 
 
 def test_backoff_limit_exceeded():
     problem = job_failure(job(failed("BackoffLimitExceeded", "Job has reached the specified backoff limit")))
-    assert problem.reason == cond.TRAINING_FAILED
+    assert problem.reason == cond.Reason.TRAINING_FAILED
     assert problem.fatal
     assert "BackoffLimitExceeded" in problem.message
     assert "Job has reached the specified backoff limit" in problem.message
@@ -264,7 +265,7 @@ def test_a_validation_failure_fails_the_job_and_lists_every_violation():
     assert observed.status["phase"] == "Failed"
     data_valid = condition(observed.status, cond.DATA_VALID)
     assert data_valid["status"] == "False"
-    assert data_valid["reason"] == cond.BAD_DATA
+    assert data_valid["reason"] == cond.Reason.BAD_DATA
     for text in ("tenure_months: 12 values below min 0", "plan: 3 values not in [basic, standard, premium]",
                  "monthly_charges: 4% missing, at most 1% allowed"):
         assert text in data_valid["message"]
@@ -333,7 +334,7 @@ def test_no_gates_configured_passes_vacuously():
 def test_success_sets_completion_time_and_a_normal_event_with_version_and_metrics():
     observed = observe(running_status(succeeded_result()), now="2025-03-01T12:34:56Z")
     assert observed.status["completionTime"] == "2025-03-01T12:34:56Z"
-    [(type_, _, message)] = [e for e in observed.events if e[1] == cond.SUCCEEDED]
+    [(type_, _, message)] = [e for e in observed.events if e[1] == cond.Reason.SUCCEEDED]
     assert type_ == "Normal"
     assert "churn-classifier" in message
     assert "20250301-1200-3f2a" in message
@@ -349,7 +350,7 @@ def test_a_reported_failure_carries_the_trainers_error():
     assert observed.status["phase"] == "Failed"
     assert observed.status["completionTime"] == NOW
     degraded = condition(observed.status, cond.DEGRADED)
-    assert (degraded["status"], degraded["reason"]) == ("True", cond.TRAINING_FAILED)
+    assert (degraded["status"], degraded["reason"]) == ("True", cond.Reason.TRAINING_FAILED)
     assert "label column churned not found" in degraded["message"]
     assert ("Warning", "Failed", "ValueError: label column churned not found") in observed.events
 
@@ -358,9 +359,10 @@ def test_a_reported_failure_carries_the_trainers_error():
 
 
 @pytest.mark.parametrize(("pods", "workload", "reason"), [
-    ([pod(containers=[oom("lastState")])], None, cond.OOM_KILLED),
-    ([], job(failed("DeadlineExceeded")), cond.DEADLINE_EXCEEDED),
-    ([], job(failed("BackoffLimitExceeded", "Job has reached the specified backoff limit")), cond.TRAINING_FAILED),
+    ([pod(containers=[oom("lastState")])], None, cond.Reason.OOM_KILLED),
+    ([], job(failed("DeadlineExceeded")), cond.Reason.DEADLINE_EXCEEDED),
+    ([], job(failed("BackoffLimitExceeded", "Job has reached the specified backoff limit")),
+     cond.Reason.TRAINING_FAILED),
 ])
 def test_a_fatal_problem_fails_the_job(pods, workload, reason):
     observed = observe(running_status({"phase": "Training"}), workload=workload, pods=pods)
@@ -383,21 +385,21 @@ def test_a_recoverable_problem_degrades_but_keeps_running(problem_pod):
 def test_the_fatal_problem_is_the_degraded_reason():
     pods = [pod(conditions=[unschedulable()]), pod("other", containers=[oom()])]
     degraded = condition(observe(running_status(), pods=pods).status, cond.DEGRADED)
-    assert degraded["reason"] == cond.OOM_KILLED
+    assert degraded["reason"] == cond.Reason.OOM_KILLED
     assert "cannot be scheduled" in degraded["message"]  # every problem is in the message
 
 
 def test_an_event_only_when_the_degraded_reason_changes():
     first = observe(running_status(phase="Pending"), pods=[pod(conditions=[unschedulable()])])
-    assert [e[:2] for e in first.events] == [("Warning", cond.UNSCHEDULABLE)]
+    assert [e[:2] for e in first.events] == [("Warning", cond.Reason.UNSCHEDULABLE)]
 
     again = observe({**running_status(phase="Pending"), **first.status}, pods=[pod(conditions=[unschedulable()])])
     assert again.events == []
-    assert condition(again.status, cond.DEGRADED)["reason"] == cond.UNSCHEDULABLE
+    assert condition(again.status, cond.DEGRADED)["reason"] == cond.Reason.UNSCHEDULABLE
 
     changed = observe({**running_status(phase="Pending"), **again.status},
                       pods=[pod(containers=[waiting("ImagePullBackOff")])])
-    assert [e[:2] for e in changed.events] == [("Warning", cond.IMAGE_PULL)]
+    assert [e[:2] for e in changed.events] == [("Warning", cond.Reason.IMAGE_PULL_FAILED)]
 
 
 def test_degraded_recovers_when_the_problem_goes_away():
@@ -410,7 +412,7 @@ def test_degraded_recovers_when_the_problem_goes_away():
 
 def test_observe_does_not_mutate_the_old_status():
     old = running_status({"phase": "Training"}, conditions=[
-        {"type": cond.DEGRADED, "status": "True", "reason": cond.UNSCHEDULABLE, "message": "",
+        {"type": cond.DEGRADED, "status": "True", "reason": cond.Reason.UNSCHEDULABLE, "message": "",
          "lastTransitionTime": stamp(-60), "observedGeneration": 1}])
     snapshot = copy.deepcopy(old)
     observe(old, workload=job(failed("DeadlineExceeded")))
@@ -431,7 +433,7 @@ def test_a_completed_job_without_a_report_fails_only_after_the_grace(after, phas
     assert observed.status["phase"] == phase
     if phase == "Failed":
         degraded = condition(observed.status, cond.DEGRADED)
-        assert degraded["reason"] == cond.TRAINING_FAILED
+        assert degraded["reason"] == cond.Reason.TRAINING_FAILED
         assert "without reporting" in degraded["message"]
     else:
         assert condition(observed.status, cond.DEGRADED) is None
@@ -474,9 +476,9 @@ def test_an_autoscaler_without_a_metrics_api_says_so_in_its_controllers_words():
                    {"type": "ScalingActive", "status": "False", "reason": "FailedGetResourceMetric",
                     "message": missing})
     problems = diagnose.autoscaler_problems([inactive], NOW)
-    assert problems == [Problem(cond.AUTOSCALING_INACTIVE,
+    assert problems == [Problem(cond.Reason.AUTOSCALING_INACTIVE,
                                 f"autoscaler churn-v1 cannot scale (FailedGetResourceMetric): {missing}", False)]
-    assert cond.AUTOSCALING_INACTIVE in diagnose.POD_REASONS  # goes when the autoscaler recovers
+    assert cond.Reason.AUTOSCALING_INACTIVE in diagnose.POD_REASONS  # goes when the autoscaler recovers
 
 
 def test_an_autoscaler_that_scales_or_is_disabled_or_new_is_no_problem():

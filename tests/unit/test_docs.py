@@ -130,18 +130,52 @@ def example_problems(kind: str, text: str) -> list[str]:
 # --- what the operator writes ----------------------------------------------------------------------------------
 
 
-def _strings(node: ast.AST) -> Iterator[str]:
-    """String constants and cond.X constants in an expression, both arms of a conditional included. An f-string
-    such as f"Retraining{reason}" is built from reasons found elsewhere, so it adds nothing."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        yield node.value
-    elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cond":
-        value = getattr(conditions, node.attr)
-        if isinstance(value, str):
-            yield value
-    elif isinstance(node, ast.IfExp):
-        yield from _strings(node.body)
-        yield from _strings(node.orelse)
+def _spellings(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """The names a module gives the conditions module (`from .. import conditions as cond`: cond.Reason.X) and its
+    Reason enum (`from .conditions import Reason`: Reason.X). Read from the imports, since rollout.py's own
+    Reason.X is another enum."""
+    modules: set[str] = set()
+    enums: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            for alias in node.names:
+                if alias.name == "conditions" and node.module in (None, "mlcycle_operator"):
+                    modules.add(alias.asname or alias.name)
+                elif alias.name == "Reason" and (node.module or "").rsplit(".", 1)[-1] == "conditions":
+                    enums.add(alias.asname or alias.name)
+    return modules, enums
+
+
+def _member(node: ast.AST, spellings: tuple[set[str], set[str]]) -> str | None:
+    """The value of the conditions.Reason member the node names, as its module spells it; None when it names none."""
+    modules, enums = spellings
+    if isinstance(node, ast.Attribute):
+        owner = node.value
+        if (isinstance(owner, ast.Name) and owner.id in enums) or (
+                isinstance(owner, ast.Attribute) and owner.attr == "Reason" and isinstance(owner.value, ast.Name)
+                and owner.value.id in modules):
+            return conditions.Reason[node.attr].value
+    return None
+
+
+def _module_strings(tree: ast.Module) -> dict[str, str]:
+    """Module-level NAME = "string" constants: a reason kept in one is as much a literal as one written in place."""
+    return {target.id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)
+            for target in node.targets if isinstance(target, ast.Name)}
+
+
+def _arms(node: ast.AST) -> Iterator[ast.AST]:
+    """The expressions a reason expression may take its value from: both arms of a conditional, each operand of
+    an `or`. An f-string such as f"Retraining{reason}" is built from reasons found elsewhere: one leaf, no string."""
+    if isinstance(node, ast.IfExp):
+        yield from _arms(node.body)
+        yield from _arms(node.orelse)
+    elif isinstance(node, ast.BoolOp):
+        for value in node.values:
+            yield from _arms(value)
+    else:
+        yield node
 
 
 def _call_name(call: ast.Call) -> str:
@@ -149,28 +183,54 @@ def _call_name(call: ast.Call) -> str:
     return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
 
 
-# Calls whose argument at this index is a reason: conditions, Events, waiting states, problems, retrain decisions.
+# Calls whose argument at this index, or whose `reason=`, is a reason: conditions, Events (kopf.event: the keyword
+# only), waiting states, problems, retrain and rollout decisions. Not a history entry's `reason=`: a sentence.
 REASON_ARGUMENT = {"set_condition": 3, "normal": 1, "warning": 1, "waiting_for": 4, "Problem": 0,
-                   "RetrainDecision": 1}
+                   "RetrainDecision": 1, "Decision": 1, "event": None}
+
+
+def _reason_expressions(tree: ast.Module) -> Iterator[ast.AST]:
+    """Every expression of a module that gives a reason: at REASON_ARGUMENT's positions and `reason=` keywords, and
+    in the (type, reason, message) Events that diagnose builds."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and _call_name(node) in REASON_ARGUMENT:
+            index = REASON_ARGUMENT[_call_name(node)]
+            if index is not None and len(node.args) > index:
+                yield node.args[index]
+            yield from (k.value for k in node.keywords if k.arg == "reason")
+        elif isinstance(node, ast.Tuple) and len(node.elts) == 3 and isinstance(node.elts[0], ast.Constant) \
+                and node.elts[0].value in ("Normal", "Warning"):
+            yield node.elts[1]
+
+
+def literal_reasons(source: str) -> list[str]:
+    """Reasons a module writes as plain strings, in place or through a module-level constant, instead of as a
+    member of conditions.Reason (or rollout.Reason): empty when it writes none."""
+    tree = ast.parse(source)
+    constants = _module_strings(tree)
+    found = []
+    for expression in _reason_expressions(tree):
+        for node in _arms(expression):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found.append(node.value)
+            elif isinstance(node, ast.Name) and node.id in constants:
+                found.append(constants[node.id])
+    return found
 
 
 def reasons_written(source: str) -> set[str]:
-    """Every reason one module can put into a condition, an Event or a decision."""
+    """Every reason one module can put into a condition, an Event or a decision: each conditions.Reason member it
+    names, wherever it names it, and any plain string it writes as a reason (which test_reasons_are_members
+    refuses, but the docs must explain all the same)."""
     tree = ast.parse(source)
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "cond":
-            value = getattr(conditions, node.attr)
-            if isinstance(value, str):
-                found.add(value)
-        elif isinstance(node, ast.Call) and _call_name(node) in REASON_ARGUMENT:
-            index = REASON_ARGUMENT[_call_name(node)]
-            if len(node.args) > index:
-                found.update(_strings(node.args[index]))
-        elif isinstance(node, ast.Tuple) and len(node.elts) == 3 and isinstance(node.elts[0], ast.Constant) \
-                and node.elts[0].value in ("Normal", "Warning"):
-            found.update(_strings(node.elts[1]))  # (type, reason, message) Events built by diagnose
-    return found
+    spellings = _spellings(tree)
+    found = {value for node in ast.walk(tree) if (value := _member(node, spellings)) is not None}
+    return found | set(literal_reasons(source))
+
+
+def operator_modules() -> dict[str, str]:
+    """path under mlcycle_operator/ -> source, for every module of the operator."""
+    return {path.relative_to(OPERATOR).as_posix(): path.read_text() for path in sorted(OPERATOR.rglob("*.py"))}
 
 
 def all_reasons() -> dict[str, str | None]:
@@ -230,6 +290,20 @@ def test_every_reason_the_operator_writes_is_explained(pages):
     assert unexplained(reasons, pages, TROUBLESHOOTING.read_text()) == []
 
 
+def test_reasons_are_members():
+    """A reason is a conditions.Reason (or rollout.Reason) member, never a string written where it is used: each
+    has one spelling, a comment in the enum, and a place where the scan above finds it."""
+    assert {module: found for module, source in operator_modules().items()
+            if (found := literal_reasons(source))} == {}
+
+
+def test_every_member_is_written_by_a_module_the_docs_check_covers():
+    """No member is dead, and none is written only where all_reasons does not look."""
+    written = {module: reasons_written(source) for module, source in operator_modules().items()}
+    assert sorted(module for module, found in written.items() if found and module not in MODULE_KIND) == []
+    assert sorted(set(conditions.Reason) - set().union(*written.values())) == []
+
+
 def test_architecture_and_troubleshooting_exist():
     architecture = (DOCS / "architecture.md").read_text()
     assert "```mermaid" in architecture and "```text" in architecture
@@ -253,6 +327,20 @@ def test_an_unknown_or_invalid_field_in_an_example_is_caught(pages):
     nested = "```yaml\napiVersion: mlcycle.io/v1alpha1\nkind: TrainingJob\nspec:\n  tuning:\n    searchSpace:\n" \
              "      eta: {type: uniform, lowr: 0.1}\n```\n"
     assert "unknown field spec.tuning.searchSpace[eta].lowr" in " ".join(example_problems("TrainingJob", nested))
+
+
+def test_the_scan_follows_the_enum_as_each_module_spells_it():
+    source = ("from .. import conditions as cond\nfrom ..conditions import Reason as R\nfrom .rollout import Reason\n"
+              "x = R.HEALTHY\nset_condition(c, t, s, cond.Reason.FAILED if s else Reason.ROLLED_BACK, m, g)\n")
+    assert reasons_written(source) == {"Healthy", "Failed"}  # rollout's own Reason is not conditions.Reason
+    assert literal_reasons(source) == []
+
+
+def test_a_literal_reason_is_caught():
+    source = ('SLOW = "TooSlow"\nProblem(SLOW, "m", True)\nnormal(body, "Fresh" if x else cond.Reason.HEALTHY, m)\n'
+              'kopf.event(body, type="Normal", reason="Kept", message=m)\nevents.append(("Warning", "Broke", m))\n'
+              'warning(body, f"Retraining{decision.reason}", m)\nHistoryEntry(reason="a sentence, not a reason")\n')
+    assert sorted(literal_reasons(source)) == ["Broke", "Fresh", "Kept", "TooSlow"]
 
 
 def test_an_unexplained_reason_is_caught(pages):

@@ -55,7 +55,7 @@ def test_a_provisioner_that_refuses_read_write_many_says_so_and_what_to_do():
         # What kind showed next: the controller's Normal Event while the provisioner retries.
         event("ExternalProvisioning", "Waiting for a volume to be created either by the external provisioner "
               "'rancher.io/local-path' or manually by the system administrator.", at=9)])
-    assert [p.reason for p in problems] == [cond.STORAGE_NOT_BOUND]
+    assert [p.reason for p in problems] == [cond.Reason.STORAGE_NOT_BOUND]
     message = problems[0].message
     assert message.startswith("claim churn-models (ReadWriteMany) is not bound: ProvisioningFailed: ")
     assert refusal in message and "spec.storage.pvc.accessMode: ReadWriteOnce" in message
@@ -65,7 +65,7 @@ def test_a_provisioner_that_refuses_read_write_many_says_so_and_what_to_do():
 def test_no_volume_and_no_class_is_a_problem_though_the_event_is_normal():
     _, problems = storage.observe_claim(claim(), claim(), [
         event("FailedBinding", "no persistent volumes available for this claim and no storage class is set")])
-    assert [p.reason for p in problems] == [cond.STORAGE_NOT_BOUND]
+    assert [p.reason for p in problems] == [cond.Reason.STORAGE_NOT_BOUND]
     assert "ReadWriteOnce" not in problems[0].message  # the access-mode hint only where the provisioner said so
 
 
@@ -87,7 +87,7 @@ def test_a_claim_not_yet_created_is_pending():
 def test_what_a_claim_cannot_take_is_named_not_sent(desired, existing, named):
     assert storage.claim_changes(desired, existing) == [named]
     _, problems = storage.observe_claim(desired, existing | {"status": {"phase": "Bound"}}, [])
-    assert [p.reason for p in problems] == [cond.STORAGE_IMMUTABLE] and named in problems[0].message
+    assert [p.reason for p in problems] == [cond.Reason.STORAGE_SPEC_IMMUTABLE] and named in problems[0].message
 
 
 def test_what_a_claim_can_take_is_no_change():

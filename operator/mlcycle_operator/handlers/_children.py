@@ -6,6 +6,7 @@ from typing import Any
 
 import kopf
 
+from .. import conditions as cond
 from .. import kube
 from ..metrics import CHILD_WRITES
 from ..resources.compare import Action
@@ -42,7 +43,7 @@ def apply_owned(body: kopf.Body, children: list[dict[str, Any]], cache: Cache, *
                            f"{child['kind']}/{meta['name']}")
     announced = [c for c in changes if not (c.startswith("Updated ") and c.split(" ", 1)[1] in unannounced)]
     if announced:
-        _events.normal(body, "ChildrenApplied", "; ".join(announced))
+        _events.normal(body, cond.Reason.CHILDREN_APPLIED, "; ".join(announced))
     return changes
 
 
@@ -69,5 +70,5 @@ def prune(body: kopf.Body, cache: Cache, api_version: str, kind: str, namespace:
         if name not in keep and kube.delete(api_version, kind, namespace, name):
             removed.append(f"{kind}/{name}")
     if removed:
-        _events.normal(body, "ChildrenRemoved", "Deleted " + ", ".join(removed))
+        _events.normal(body, cond.Reason.CHILDREN_REMOVED, "Deleted " + ", ".join(removed))
     return removed

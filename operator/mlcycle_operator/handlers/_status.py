@@ -34,13 +34,13 @@ def parse_spec(model: type[M], spec: dict[str, Any], body: kopf.Body, patch: kop
         problems = "; ".join(f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
         generation = body["metadata"].get("generation")
         conditions = cond.set_condition(list((status or {}).get("conditions", [])), cond.DEGRADED, True,
-                                        cond.INVALID_SPEC, problems, generation)
+                                        cond.Reason.INVALID_SPEC, problems, generation)
         write(patch, status, {"conditions": conditions, "observedGeneration": generation})
-        _events.warning(body, cond.INVALID_SPEC, problems)
+        _events.warning(body, cond.Reason.INVALID_SPEC, problems)
         raise kopf.PermanentError(problems) from err
 
 
-def waiting_for(body: kopf.Body, patch: kopf.Patch, status: dict[str, Any] | None, condition: str, reason: str,
+def waiting_for(body: kopf.Body, patch: kopf.Patch, status: dict[str, Any] | None, condition: str, reason: cond.Reason,
                 message: str) -> None:
     """A dependency (project, deployment) is missing: say so in phase Pending, a False condition and, when
     that is news, a Warning Event."""

@@ -19,7 +19,6 @@ from ._cache import Cache
 from .mlproject import runtime_image
 
 PLURAL = "driftmonitors"
-WAITING_FOR_MODEL = "WaitingForModel"
 
 
 def _reference_uri(spec: DriftMonitorSpec, deployment: dict[str, Any]) -> str | None:
@@ -43,7 +42,7 @@ def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
         deployment = kube.get(API_VERSION, "ModelDeployment", meta.namespace, monitor.deployment)
         if deployment is None:
             message = f"ModelDeployment {monitor.deployment} does not exist in namespace {meta.namespace}"
-            _status.waiting_for(body, patch, status, cond.READY, cond.DEPLOYMENT_NOT_FOUND, message)
+            _status.waiting_for(body, patch, status, cond.READY, cond.Reason.DEPLOYMENT_NOT_FOUND, message)
             raise kopf.TemporaryError(message, delay=15)
         project_name = deployment["spec"]["project"]
         cache = Cache(kwargs)
@@ -58,8 +57,9 @@ def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
                        "(it compares live traffic with the served model's reference histograms)")
             _status.write(patch, status, {"observedGeneration": meta.generation, "phase": "Pending",
                                           "conditions": cond.set_condition(list(old.get("conditions", [])),
-                                                                           cond.READY, False, WAITING_FOR_MODEL,
-                                                                           message, meta.generation)})
+                                                                           cond.READY, False,
+                                                                           cond.Reason.WAITING_FOR_MODEL, message,
+                                                                           meta.generation)})
             return
         config = builders.monitor_config(monitor, meta, deployment.get("status") or {}, memo.config.prometheus_url,
                                          reference)
@@ -70,7 +70,8 @@ def driftmonitor_reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
         workload = cache.read("apps/v1", "Deployment", meta.namespace, builders.monitor_name(meta.name))
         ready = ((workload or {}).get("status") or {}).get("availableReplicas", 0) > 0
         conditions = cond.set_condition(
-            list(old.get("conditions", [])), cond.READY, ready, cond.RECONCILED if ready else "WaitingForMonitor",
+            list(old.get("conditions", [])), cond.READY, ready,
+            cond.Reason.RECONCILED if ready else cond.Reason.WAITING_FOR_MONITOR,
             "the monitor is running" if ready else "waiting for the monitor Deployment to become available",
             meta.generation)
         phase = old.get("phase") if old.get("phase") in ("Drifted", "Monitoring") else (
@@ -96,12 +97,13 @@ def driftmonitor_report(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, p
         drifted = bool(report.get("drifted")) and int(report.get("samples") or 0) >= monitor.min_samples
         detail = ", ".join(report.get("driftedFeatures") or []) or "none"
         conditions = cond.set_condition(
-            list(old.get("conditions", [])), cond.DRIFT_DETECTED, drifted, cond.DRIFT if drifted else cond.NO_DRIFT,
+            list(old.get("conditions", [])), cond.DRIFT_DETECTED, drifted,
+            cond.Reason.DRIFT_FOUND if drifted else cond.Reason.NO_DRIFT,
             f"drifted features: {detail} ({report.get('samples')} samples in {report.get('window')})", meta.generation)
         new: dict[str, Any] = {"lastReport": last_report, "conditions": conditions,
                                "phase": "Drifted" if drifted else "Monitoring"}
         if drifted and not cond.is_true(old.get("conditions"), cond.DRIFT_DETECTED):
-            _events.warning(body, cond.DRIFT, f"drift on {detail}")
+            _events.warning(body, cond.Reason.DRIFT_FOUND, f"drift on {detail}")
         decision = _retrain_decision(monitor, meta, old, report, now)
         RETRAINS.labels(decision.reason).inc()
         if decision.action == retraining.START:
@@ -114,7 +116,7 @@ def driftmonitor_report(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, p
                     "retrainsToday": retraining.retrain_day_count(old, now) + 1,
                     "retrainDay": day,
                 })
-                _events.normal(body, "RetrainingStarted", f"TrainingJob {job} started: {decision.message}")
+                _events.normal(body, cond.Reason.RETRAINING_STARTED, f"TrainingJob {job} started: {decision.message}")
         elif drifted:
             _events.normal(body, f"Retraining{decision.reason}", decision.message)
         _status.write(patch, status, new)
@@ -127,7 +129,8 @@ def _retrain_decision(monitor: DriftMonitorSpec, meta: Meta, old: dict[str, Any]
     project = kube.get(API_VERSION, "MLProject", meta.namespace, project_name) if project_name else None
     policy = MLProjectSpec.model_validate(project["spec"]).retraining if project else None
     if policy is None:
-        return retraining.RetrainDecision(retraining.SKIP, "ProjectNotFound", f"MLProject {project_name} not found")
+        return retraining.RetrainDecision(retraining.SKIP, cond.Reason.PROJECT_NOT_FOUND,
+                                          f"MLProject {project_name} not found")
     active = [j for j in kube.list_objects(API_VERSION, "TrainingJob", meta.namespace,
                                            f"{builders.LABEL_RETRAIN_OF}={meta.name}")
               if (j.get("status") or {}).get("phase") not in ("Succeeded", "Failed")]
@@ -145,7 +148,7 @@ def _start_retraining(monitor: DriftMonitorSpec, meta: Meta, decision: retrainin
         job = builders.retraining_job(monitor, meta, source, decision.job_name, decision.message)
     except ValueError as err:
         RETRAINS.labels("no-source").inc()
-        _events.warning(body, "RetrainingImpossible",
+        _events.warning(body, cond.Reason.RETRAINING_IMPOSSIBLE,
                         f"{err}: set spec.actions.retrain.template, or serve a model trained by a TrainingJob")
         return None
     try:

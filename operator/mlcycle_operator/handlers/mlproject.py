@@ -63,7 +63,7 @@ def mlproject_observe(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
 def _announce(body: kopf.Body, old: dict[str, Any], new: dict[str, Any]) -> None:
     """A new phase as a Normal Event; a new problem (Degraded for another reason) as a Warning naming it."""
     if old.get("phase") != new["phase"]:
-        _events.normal(body, cond.RECONCILED, f"MLProject is {new['phase']}")
+        _events.normal(body, cond.Reason.RECONCILED, f"MLProject is {new['phase']}")
     degraded, before = (cond.get_condition(c.get("conditions"), cond.DEGRADED) for c in (new, old))
     if degraded is not None and (before is None or before.get("reason") != degraded["reason"]):
         _events.warning(body, degraded["reason"], degraded["message"])
@@ -82,11 +82,12 @@ def _apply_claim(body: kopf.Body, claim: dict[str, Any], existing: dict[str, Any
     except kube.ApiException as err:
         if existing is None or err.status not in (403, 422):
             raise
-        _events.warning(body, "StorageResizeRefused", f"claim {meta['name']} was not changed: {kube.refusal(err)}")
+        _events.warning(body, cond.Reason.STORAGE_RESIZE_REFUSED,
+                        f"claim {meta['name']} was not changed: {kube.refusal(err)}")
         return existing
     if action is not Action.UNCHANGED:
         verb = "Created" if action is Action.CREATE else "Updated"
-        _events.normal(body, "ChildrenApplied", f"{verb} PersistentVolumeClaim/{meta['name']}")
+        _events.normal(body, cond.Reason.CHILDREN_APPLIED, f"{verb} PersistentVolumeClaim/{meta['name']}")
     # A claim just created is Pending, with no Events yet: what was sent says as much as a read would.
     return claim if existing is None else existing
 
@@ -124,13 +125,13 @@ def _observed(project: MLProjectSpec, meta: Meta, old: dict[str, Any], cache: Ca
     jobs, deployments, monitors = mine("TrainingJob"), mine("ModelDeployment"), mine("DriftMonitor")
     running = [j for j in jobs if j.get("phase") not in ("Succeeded", "Failed")]
     claim, problems = store
-    unbound = [p for p in problems if p.reason == cond.STORAGE_NOT_BOUND]
+    unbound = [p for p in problems if p.reason == cond.Reason.STORAGE_NOT_BOUND]
     conditions = list(old.get("conditions", []))
     if unbound:
-        conditions = cond.set_condition(conditions, cond.READY, False, cond.STORAGE_NOT_BOUND, unbound[0].message,
-                                        meta.generation)
+        conditions = cond.set_condition(conditions, cond.READY, False, cond.Reason.STORAGE_NOT_BOUND,
+                                        unbound[0].message, meta.generation)
     else:
-        conditions = cond.set_condition(conditions, cond.READY, True, cond.RECONCILED,
+        conditions = cond.set_condition(conditions, cond.READY, True, cond.Reason.RECONCILED,
                                         "Workload identity, feature store config and storage are provisioned.",
                                         meta.generation)
     if problems:

@@ -203,7 +203,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
         project = cache.project(meta.namespace, md.project)
         if project is None:
             message = f"MLProject {md.project} does not exist in namespace {meta.namespace}"
-            _status.waiting_for(body, patch, status, cond.READY, cond.PROJECT_NOT_FOUND, message)
+            _status.waiting_for(body, patch, status, cond.READY, cond.Reason.PROJECT_NOT_FOUND, message)
             return
         project_spec = MLProjectSpec.model_validate(project["spec"])
         jobs = cache.members("TrainingJob", meta.namespace, md.project) if md.model.track else []
@@ -329,12 +329,13 @@ def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md:
     conditions = list(old.get("conditions") or [])
     serving_ok = decision.stable_version is not None and ready_replicas > 0
     if not has_model and decision.stable_version is None:
-        reason, message = cond.NO_MODEL, (f"waiting for a TrainingJob of model {md.model.name} that passes its gates"
-                                          if md.model.track else "the pinned model is not available")
+        reason, message = cond.Reason.NO_MODEL_YET, (
+            f"waiting for a TrainingJob of model {md.model.name} that passes its gates" if md.model.track
+            else "the pinned model is not available")
     else:
         waiting_for = decision.stable_version or decision.candidate_version
-        reason, message = (cond.RECONCILED, f"serving {decision.stable_version}") if serving_ok else (
-            cond.WAITING_FOR_REPLICAS, f"waiting for replicas of {waiting_for}")
+        reason, message = (cond.Reason.RECONCILED, f"serving {decision.stable_version}") if serving_ok else (
+            cond.Reason.WAITING_FOR_REPLICAS, f"waiting for replicas of {waiting_for}")
     in_words = "; ".join(p.message for p in problems)
     if problems and not serving_ok:
         reason, message = problems[0].reason, in_words
@@ -357,7 +358,8 @@ def _status_from(decision: rollout.Decision, current: ModelDeploymentStatus, md:
     if problems and not degraded:
         degraded, degraded_reason, degraded_message = True, problems[0].reason, in_words
     else:
-        degraded_reason, degraded_message = (decision.reason, decision.message) if degraded else ("Healthy", "")
+        degraded_reason, degraded_message = (decision.reason, decision.message) if degraded else (
+            cond.Reason.HEALTHY, "")
     conditions = cond.set_condition(conditions, cond.DEGRADED, degraded, degraded_reason, degraded_message,
                                     generation)
     phase = "Progressing" if progressing else ("Available" if serving_ok else (

@@ -41,7 +41,7 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
         project = cache.project(meta.namespace, job.project)
         if project is None:
             message = f"MLProject {job.project} does not exist in namespace {meta.namespace}; waiting for it"
-            _status.waiting_for(body, patch, status, cond.PROGRESSING, cond.PROJECT_NOT_FOUND, message)
+            _status.waiting_for(body, patch, status, cond.PROGRESSING, cond.Reason.PROJECT_NOT_FOUND, message)
             raise kopf.TemporaryError(message, delay=15)
         project_spec = MLProjectSpec.model_validate(project["spec"])
         champion = (project.get("status") or {}).get("champion")
@@ -62,7 +62,7 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
             _refused(body, patch, status, meta, f"{kind} {workload['metadata']['name']}", err, now)
             return
         conditions = cond.set_condition(
-            list(old.get("conditions", [])), cond.PROGRESSING, True, cond.WORKLOAD_CREATED,
+            list(old.get("conditions", [])), cond.PROGRESSING, True, cond.Reason.WORKLOAD_CREATED,
             f"{kind} {workload['metadata']['name']} runs `python -m mlcycle_runtime.train`", meta.generation)
         new = {
             "observedGeneration": meta.generation,
@@ -81,12 +81,13 @@ def _refused(body: kopf.Body, patch: kopf.Patch, status: kopf.Status, meta: Meta
     start as specified, so it fails at once, in the API server's words, instead of being retried forever."""
     message = f"the API server refused the {what}: {kube.refusal(err)}"
     old = dict(status or {})
-    conditions = cond.set_condition(list(old.get("conditions", [])), cond.PROGRESSING, False, cond.WORKLOAD_REFUSED,
-                                    message, meta.generation)
-    conditions = cond.set_condition(conditions, cond.DEGRADED, True, cond.WORKLOAD_REFUSED, message, meta.generation)
+    conditions = cond.set_condition(list(old.get("conditions", [])), cond.PROGRESSING, False,
+                                    cond.Reason.WORKLOAD_REFUSED, message, meta.generation)
+    conditions = cond.set_condition(conditions, cond.DEGRADED, True, cond.Reason.WORKLOAD_REFUSED, message,
+                                    meta.generation)
     _status.write(patch, status, {"observedGeneration": meta.generation, "phase": "Failed", "conditions": conditions,
                                   "completionTime": now})
-    _events.warning(body, cond.WORKLOAD_REFUSED, message)
+    _events.warning(body, cond.Reason.WORKLOAD_REFUSED, message)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=5, initial_delay=2,
@@ -134,7 +135,7 @@ def _observe(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, cache: Cac
         if not observed.status:
             return
         if old.get("phase") != observed.status["phase"]:
-            observed.events.insert(0, ("Normal", "PhaseChanged",
+            observed.events.insert(0, ("Normal", cond.Reason.PHASE_CHANGED,
                                        f"{old.get('phase') or 'Pending'} -> {observed.status['phase']}"))
         lineage = {**(old.get("lineage") or {}), **(observed.status.get("lineage") or {})}
         if observed.status["phase"] in diagnose.TERMINAL:
