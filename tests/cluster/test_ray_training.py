@@ -137,12 +137,18 @@ def degraded_in_words(h: KindHandle, namespace: str, name: str, reason: str, *ne
                       timeout: float = 300) -> dict:
     """The TrainingJob's Degraded condition once it has `reason` and says every one of `needles`, and a Warning
     Event of the job saying them too."""
+    seen: dict = {}
+
     def says() -> dict | None:
-        degraded = conditions(get(h, namespace, "trainingjob", name)).get("Degraded") or {}
+        seen["Degraded"] = degraded = conditions(get(h, namespace, "trainingjob", name)).get("Degraded") or {}
         ok = degraded.get("reason") == reason and all(n in degraded.get("message", "") for n in needles)
         return degraded if ok else None
 
-    degraded = wait_for(says, timeout=timeout, every=3, what=f"TrainingJob {name} Degraded {reason} saying {needles}")
+    try:
+        degraded = wait_for(says, timeout=timeout, every=3,
+                            what=f"TrainingJob {name} Degraded {reason} saying {needles}")
+    except pytest.fail.Exception as err:
+        pytest.fail(f"{err}; its Degraded condition: {seen.get('Degraded')}")
     wait_for(lambda: any(reason in e and all(n in e for n in needles) for e in events(h, namespace, name)),
              timeout=30, what=f"a {reason} Event of {name}")
     return degraded
@@ -170,7 +176,7 @@ def test_a_ray_worker_pod_killed_mid_training_fails_the_job_naming_the_pod(ray: 
     ray.kubectl("delete", "pod", "-n", ns, victim, "--grace-period=0", "--force")
     status = finished(ray, ns, "churn-killed", timeout=300)
     assert status["phase"] == "Failed", json.dumps(status, indent=1)[:3000]
-    degraded = degraded_in_words(ray, ns, "churn-killed", "TrainingFailed", victim, "Ray lost pod")
+    degraded = degraded_in_words(ray, ns, "churn-killed", "TrainingFailed", victim, "Ray lost pod", timeout=60)
     assert "while training" in degraded["message"], degraded
 
 

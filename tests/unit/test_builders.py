@@ -574,12 +574,22 @@ def test_the_ray_job_has_one_head_without_cpus_for_ray_and_one_worker_pod_per_wo
     [head] = cluster["headGroupSpec"]["template"]["spec"]["containers"]
     assert GPU not in head["resources"]["limits"] and "tolerations" not in cluster["headGroupSpec"]["template"]["spec"]
     [worker] = group["template"]["spec"]["containers"]
+    # The head also runs the trial's driver actors (the trainer pins them there): memoryPerWorker plus 1Gi.
     for resources in (head["resources"]["limits"], head["resources"]["requests"]):
-        assert parse_quantity(resources["cpu"]) == 1 and resources["memory"] == "2Gi"
+        assert parse_quantity(resources["cpu"]) == 1 and resources["memory"] == "3Gi"
     worker_limits = worker["resources"]["limits"]
     assert parse_quantity(worker_limits["cpu"]) == 1 and worker_limits["memory"] == "2Gi"
     assert int(worker["resources"]["limits"].get(GPU, 0)) == gpu_per_worker
     assert ("tolerations" in group["template"]["spec"]) == (gpu_per_worker > 0)
+
+
+@pytest.mark.parametrize(("memory", "head"), [("2Gi", "3Gi"), ("1536Mi", "2560Mi"), ("2G", "3001701Ki"),
+                                              (4 * 2**30, "5Gi")])
+def test_the_ray_head_gets_a_trials_memory_above_memory_per_worker_written_as_the_api_server_would(memory, head):
+    spec = job_spec(distribution={"workers": 2, "memoryPerWorker": memory})
+    head_container, worker = containers(training.ray_job(spec, JOB_META, project_spec(), IMAGE))
+    assert head_container["resources"]["limits"]["memory"] == head_container["resources"]["requests"]["memory"] == head
+    assert parse_quantity(worker["resources"]["limits"]["memory"]) == parse_quantity(memory)
 
 
 def test_the_ray_job_runs_the_trainer_as_its_entrypoint():

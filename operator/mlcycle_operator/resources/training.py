@@ -7,7 +7,7 @@ from typing import Any
 from ..api.common import Resources
 from ..api.mlproject import MLProjectSpec
 from ..api.trainingjob import TrainingJobSpec
-from ..units import parse_duration
+from ..units import parse_duration, parse_quantity
 from . import common, project
 from .common import Meta
 
@@ -120,13 +120,22 @@ def _submitter_pod(spec: TrainingJobSpec, image: str, pull_policy: str) -> dict[
     return project.workload_pod(spec.project, container, [tmp_volume], restartPolicy="Never")
 
 
+# What a data-parallel trial adds to the head, where the trainer pins it (runtime cluster.TRIAL_DRIVER): its Tune
+# trial actor, Ray Train controller and synchronization and dataset actors, a Python process each (measured on kind:
+# about 0.8 GiB together, beside Ray's control plane and the trainer's ~1.2 GiB). Worker pods hold one trial's
+# workers, so one trial runs at a time on a RayJob's cluster.
+HEAD_TRIAL_MEMORY = 2**30
+
+
 def ray_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str) -> dict[str, Any]:
     """With KubeRay: a RayJob whose cluster has one head and `workers` worker pods. The head runs Ray's control
-    plane and the trainer (the job's driver) but no training: it offers Ray no CPU (num-cpus 0), so every trial and
-    Ray Train worker is placed on the worker pods, each with `cpuPerWorker`, `memoryPerWorker`, `gpuPerWorker`."""
+    plane, the trainer (the job's driver) and the running trial's driver, but no training: it offers Ray no CPU
+    (num-cpus 0), so Ray Train's workers are placed on the worker pods, one per pod, each with `cpuPerWorker`,
+    `memoryPerWorker`, `gpuPerWorker`. The head gets `memoryPerWorker` plus HEAD_TRIAL_MEMORY for the trial."""
     lbls = common.labels(KIND, meta.name, COMPONENT, project=spec.project)
     dist = spec.distribution
-    head_resources = Resources.model_construct(cpu=_cpu(dist.cpu_per_worker), memory=dist.memory_per_worker, gpu=0)
+    head_resources = Resources.model_construct(cpu=_cpu(dist.cpu_per_worker),
+                                               memory=_plus(dist.memory_per_worker, HEAD_TRIAL_MEMORY), gpu=0)
     head = _pod_spec(spec, meta, project_spec, image, head_resources, restart="Never")
     head["containers"][0]["name"] = "ray-head"
     head["containers"][0].pop("command")
@@ -197,6 +206,19 @@ def ray_network_policy(spec: TrainingJobSpec, meta: Meta, kuberay_namespace: str
             ],
         },
     }
+
+
+_BINARY_SUFFIXES = (("Ei", 2**60), ("Pi", 2**50), ("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10))
+
+
+def _plus(quantity: int | str, extra_bytes: int) -> str:
+    """A memory quantity plus `extra_bytes`, written as the API server writes it back (3Gi, not 3072Mi), so a
+    re-apply compares equal."""
+    total = round(parse_quantity(quantity)) + extra_bytes
+    for suffix, size in _BINARY_SUFFIXES:
+        if total % size == 0:
+            return f"{total // size}{suffix}"
+    return str(total)
 
 
 def _times(quantity: int | str, factor: int) -> str:

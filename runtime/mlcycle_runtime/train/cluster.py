@@ -74,22 +74,34 @@ def stop(started: bool) -> None:
         ray.shutdown()
 
 
-def fits(dist: Distribution, cpus: float, gpus: float | None = None, where: str = "the Ray cluster") -> None:
-    """Refuse a trial that `cpus` (and `gpus`, when known) can never hold: Tune would wait for it forever."""
+def fits(dist: Distribution, cpus: float, gpus: float | None = None, where: str = "the Ray cluster") -> int:
+    """How many trials' workers `cpus` (and `gpus`, when known) hold at once; refuses a trial they can never hold
+    (Tune would wait for it forever)."""
     need_cpu, need_gpu = dist.workers * dist.cpu_per_worker, dist.workers * dist.gpu_per_worker
     if need_cpu > cpus or (gpus is not None and need_gpu > gpus):
         raise ResourceError(
             f"distribution asks {dist.workers} workers x {dist.cpu_per_worker} CPU"
             + (f" x {dist.gpu_per_worker} GPU" if dist.gpu_per_worker else "")
             + f" but {where} has {cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus is not None else ""))
+    at_once = math.floor(cpus / need_cpu)  # cpuPerWorker > 0 (config)
+    if gpus is not None and need_gpu:
+        at_once = min(at_once, math.floor(gpus / need_gpu))
+    return max(1, at_once)
 
 
-def check_fits(dist: Distribution) -> None:
-    """Refuse a trial the running Ray cluster can never schedule."""
+def trials_at_once(dist: Distribution) -> int:
+    """How many trials' workers the running Ray cluster holds at once; refuses a trial it can never hold."""
     import ray
 
     have = ray.cluster_resources()
-    fits(dist, have.get("CPU", 0), have.get("GPU", 0))
+    return fits(dist, have.get("CPU", 0), have.get("GPU", 0))
+
+
+# Ray's resource on its head node. A data-parallel trial's driver (Tune's trial actor, and with it the Ray Train
+# controller and its actors, which Ray Train places on the controller's node) asks a sliver of it, so it runs on
+# the head, which the operator sizes for it, never in a worker pod beside a training worker sized for that alone.
+HEAD_RESOURCE = "node:__internal_head__"
+TRIAL_DRIVER = {"cpu": 0, HEAD_RESOURCE: 0.001}
 
 
 def placement_strategy() -> str:

@@ -149,7 +149,11 @@ class Run:
         schema = FeatureSchema.infer(split.train, loaded.features)
         data = learners.Data(schema.encode_frame(split.train), self.encode_labels(split.train, classes),
                              schema.encode_frame(split.validation), self.encode_labels(split.validation, classes))
-        cluster.check_fits(spec.distribution)
+        at_once = cluster.trials_at_once(spec.distribution)
+        if spec.distribution.workers > 1 and at_once < plan.max_concurrent:
+            # A data-parallel trial's driver holds no CPU, so Tune would start trials whose workers cannot be
+            # placed yet; they would wait, each holding its driver's memory on the head.
+            plan = search.plan(spec.tuning, config.metric, config.mode, at_most=at_once)
 
         self.send(phase="Training", trials={"total": plan.total, "finished": 0})
         ray_storage = cluster.storage_path(config, scratch / "ray")
@@ -205,17 +209,18 @@ class Run:
 
         dist, tuning = self.spec.distribution, self.spec.tuning
         algorithm = tuning.algorithm if plan.space else "no"
-        print(f"tuning: {plan.total} trial(s), {algorithm} search, at most {plan.max_concurrent} at a time",
-              flush=True)
+        capped = tuning is not None and plan.space and plan.max_concurrent < tuning.max_concurrent_trials
+        print(f"tuning: {plan.total} trial(s), {algorithm} search, at most {plan.max_concurrent} at a time"
+              + (f" (maxConcurrentTrials {tuning.max_concurrent_trials}, but the Ray cluster holds the workers of "
+                 f"{plan.max_concurrent} at once)" if capped else ""), flush=True)
         if dist.workers > 1:
             resources = {"CPU": dist.cpu_per_worker, "GPU": dist.gpu_per_worker}
             # Held in this frame while Tune runs: the trials file their Ray Train controllers in it.
             controllers = learners.controller_registry()
             trainable = learners.distributed_trainable(learner, ray.put(data), dist.workers, resources, ray_storage,
                                                        controllers)
-            # The trial only drives a Ray Train run whose workers hold the CPUs; Tune refuses an empty request,
-            # so the driver reserves a token of memory (every node has that resource) and no CPU.
-            trainable = tune.with_resources(trainable, {"cpu": 0, "memory": 1})
+            # The trial only drives a Ray Train run whose workers hold the CPUs: it runs on the head, no CPU.
+            trainable = tune.with_resources(trainable, dict(cluster.TRIAL_DRIVER))
         else:
             trainable = tune.with_resources(tune.with_parameters(learners.trial, learner=learner, data=data),
                                             {"cpu": dist.cpu_per_worker, "gpu": dist.gpu_per_worker})

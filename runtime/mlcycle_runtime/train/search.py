@@ -75,11 +75,12 @@ class Plan:
         return None if self.search_alg is not None else self.max_concurrent
 
 
-def plan(tuning: Tuning | None, metric: str, mode: str) -> Plan:
-    """Translate the spec's tuning section; a job without one is a single trial of the fixed params."""
+def plan(tuning: Tuning | None, metric: str, mode: str, at_most: int | None = None) -> Plan:
+    """Translate the spec's tuning section; a job without one is a single trial of the fixed params. `at_most`
+    caps the trials at once below maxConcurrentTrials (what the Ray cluster holds)."""
     if tuning is None or not tuning.search_space:
         return Plan({}, None, 1, 1)
-    algorithm, concurrent = tuning.algorithm, tuning.max_concurrent_trials
+    algorithm, concurrent = tuning.algorithm, min(tuning.max_concurrent_trials, at_most or tuning.max_concurrent_trials)
     grid = algorithm == "grid"
     space = {name: dimension(name, dim, as_grid=grid) for name, dim in tuning.search_space.items()}
     grid_size = math.prod(len(dim.values) for name, dim in tuning.search_space.items()

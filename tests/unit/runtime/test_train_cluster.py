@@ -12,13 +12,17 @@ def dist(**kw) -> Distribution:
     return Distribution.model_validate(kw)
 
 
-@pytest.mark.parametrize(("spec", "cpus", "gpus"), [
-    ({"workers": 2, "cpuPerWorker": 1}, 2, 0),
-    ({"workers": 3, "cpuPerWorker": 0.5}, 2, None),
-    ({"workers": 1, "cpuPerWorker": 1, "gpuPerWorker": 1}, 4, 1),
+@pytest.mark.parametrize(("spec", "cpus", "gpus", "at_once"), [
+    ({"workers": 2, "cpuPerWorker": 1}, 2, 0, 1),
+    ({"workers": 3, "cpuPerWorker": 0.5}, 2, None, 1),
+    ({"workers": 1, "cpuPerWorker": 1, "gpuPerWorker": 1}, 4, 1, 1),
+    ({"workers": 1, "cpuPerWorker": 1, "gpuPerWorker": 1}, 4, 3, 3),
+    ({"workers": 2, "cpuPerWorker": 0.5}, 5, 0, 5),
+    # A RayJob's cluster: one worker pod per worker, each with cpuPerWorker, the head none.
+    ({"workers": 2, "cpuPerWorker": 0.5}, 1, 0, 1),
 ])
-def test_a_distribution_within_the_resources_fits(spec, cpus, gpus):
-    assert cluster.fits(dist(**spec), cpus, gpus) is None
+def test_a_distribution_within_the_resources_fits_and_says_how_many_trials_at_once(spec, cpus, gpus, at_once):
+    assert cluster.fits(dist(**spec), cpus, gpus) == at_once
 
 
 def test_too_many_cpus_are_refused_naming_both_sides():

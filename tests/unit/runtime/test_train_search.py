@@ -76,6 +76,12 @@ def test_random_and_grid_hand_their_concurrency_to_tune():
     assert search.plan(None, "roc_auc", "max").tune_max_concurrent() == 1
 
 
+@pytest.mark.parametrize(("at_most", "expected"), [(None, 3), (1, 1), (2, 2), (5, 3)])
+def test_the_ray_cluster_caps_trials_at_once_below_max_concurrent_trials(at_most, expected):
+    spec = tuning({"a": {"type": "grid", "values": ["1", "2"]}}, maxConcurrentTrials=3)
+    assert search.plan(spec, "roc_auc", "max", at_most=at_most).tune_max_concurrent() == expected
+
+
 def test_optuna_searches_through_ray_tunes_searcher_behind_the_concurrency_limit():
     if importlib.util.find_spec("optuna") is None:
         unavailable("optuna", "the optuna package is not installed (requirements/dev.lock pins it)")
