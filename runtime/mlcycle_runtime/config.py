@@ -15,6 +15,8 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from mlcycle_runtime.bodylimit import DEFAULT_MAX_REQUEST_BYTES
+
 DEFAULT_PATH = "/etc/mlcycle/config.json"
 
 
@@ -204,6 +206,7 @@ class ServeConfig(ConfigModel):
     batching: Batching = Field(default_factory=Batching)
     online_features: OnlineFeatures | None = None
     feature_store: FeatureStoreRef | None = None
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)
 
 
 class Route(ConfigModel):
@@ -222,6 +225,7 @@ class RouterConfig(ConfigModel):
     sticky_header: str = "x-mlcycle-variant"
     routes: list[Route] = Field(default_factory=list)
     reference_uri: str | None = None
+    max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)
 
 
 class DriftTest(ConfigModel):

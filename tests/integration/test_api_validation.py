@@ -112,6 +112,7 @@ EDGE_CASES = [
     ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.version": "20261125-171657-dd6a91"}),
     ("ModelDeployment", {"spec.model.track": DELETE, "spec.model.uri": "pvc://churn-models/churn/models/x/3"}),
     ("ModelDeployment", {"spec.serving.resources": {"cpu": "0.5", "memory": "1.5Gi", "gpu": 0}}),
+    ("ModelDeployment", {"spec.serving.maxRequestSize": "64Ki"}),
     ("DriftMonitor", {"spec.tests": {"numeric": {"method": "ks", "threshold": 1.0},
                                      "categorical": {"method": "psi", "threshold": 2.5}}}),
     ("DriftMonitor", {"spec.actions.retrain.template": template(), "spec.window": "1m0s"}),
@@ -188,6 +189,10 @@ MALFORMED = [
     ("ModelDeployment", {"spec.serving.resources.memory": "-1Gi"}, "spec.serving.resources.memory", "should match"),
     ("ModelDeployment", {"spec.serving.resources.cpu": -2}, "spec.serving.resources.cpu", POSITIVE),
     ("ModelDeployment", {"spec.serving.resources.cpu": "0m"}, "spec.serving.resources.cpu", POSITIVE),
+    ("ModelDeployment", {"spec.serving.maxRequestSize": "-1Mi"}, "spec.serving.maxRequestSize", "should match"),
+    ("ModelDeployment", {"spec.serving.maxRequestSize": 0}, "spec.serving.maxRequestSize", POSITIVE),
+    ("ModelDeployment", {"spec.serving.maxRequestSize": "a megabyte"}, "spec.serving.maxRequestSize",
+     "should match"),
     ("DriftMonitor", {"spec.resources.memory": 0}, "spec.resources.memory", POSITIVE),
     ("DriftMonitor", {"spec.resources.cpu": "-250m"}, "spec.resources.cpu", "should match"),
     # Durations that must be longer than zero.

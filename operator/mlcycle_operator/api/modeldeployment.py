@@ -14,6 +14,7 @@ from .common import (
     LabelSelector,
     Name,
     PositiveDuration,
+    Quantity,
     Resources,
     StatusBase,
     Text,
@@ -90,6 +91,9 @@ class Serving(ApiModel):
     batching: Batching = Field(default_factory=Batching, description="Adaptive batching.")
     autoscaling: Autoscaling = Field(default_factory=Autoscaling, description="Autoscaling.")
     online_features: OnlineFeatures | None = Field(None, description="Online features from Feast.")
+    max_request_size: Quantity = Field(
+        "1Mi", description="Largest request body the router and each model server accept, in bytes (a quantity: "
+        "512Ki, 4Mi); a larger one is answered 413 before it is read in full.")
 
 
 class CanaryStep(ApiModel):

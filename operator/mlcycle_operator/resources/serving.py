@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..api.mlproject import MLProjectSpec
 from ..api.modeldeployment import ModelDeploymentSpec, VersionTraffic
-from ..units import parse_duration
+from ..units import parse_duration, parse_quantity
 from . import common, project
 from .common import Meta
 
@@ -37,6 +38,11 @@ def _version_selector(meta: Meta, version: str) -> dict[str, str]:
     return common.selector_labels(meta.name, "model-server", **{common.LABEL_VERSION: common.child_name(version)})
 
 
+def max_request_bytes(spec: ModelDeploymentSpec) -> int:
+    """spec.serving.maxRequestSize in whole bytes (a fraction of a byte rounds up)."""
+    return max(1, math.ceil(parse_quantity(spec.serving.max_request_size)))
+
+
 def server_config(spec: ModelDeploymentSpec, meta: Meta, version: str, model_uri: str) -> dict[str, Any]:
     """What the model server of one version reads (runtime contract)."""
     serving = spec.serving
@@ -50,6 +56,7 @@ def server_config(spec: ModelDeploymentSpec, meta: Meta, version: str, model_uri
         "onlineFeatures": (serving.online_features.model_dump(mode="json", by_alias=True)
                            if serving.online_features else None),
         "featureStore": {"repoPath": "/etc/feast"} if serving.online_features else None,
+        "maxRequestBytes": max_request_bytes(spec),
     }
 
 
@@ -178,6 +185,7 @@ def router_config(spec: ModelDeploymentSpec, meta: Meta, traffic: list[VersionTr
         ],
         # Bin edges of the reference data, so request features are histogrammed for drift.
         "referenceUri": reference_uri,
+        "maxRequestBytes": max_request_bytes(spec),
     }
 
 

@@ -9,6 +9,7 @@ import os
 
 import uvicorn
 
+from mlcycle_runtime.bodylimit import BodyLimit
 from mlcycle_runtime.config import DEFAULT_PATH, RouterConfig, bind_host, load
 
 from .app import Router
@@ -26,7 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     # The C event loop and HTTP parser roughly halve the router's own cost per request; fall back when absent.
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     http = "httptools" if importlib.util.find_spec("httptools") else "h11"
-    uvicorn.run(Router(config, args.config), host=args.host, port=config.port, loop=loop, http=http,
+    router = Router(config, args.config)
+    # The limit is read per request: a rewritten config applies as the routes do.
+    app = BodyLimit(router, lambda: router.config.max_request_bytes,
+                    on_refused=lambda: router.metrics.request("none", 413, None))
+    uvicorn.run(app, host=args.host, port=config.port, loop=loop, http=http,
                 lifespan="on", access_log=False, log_level="warning", server_header=False, date_header=False,
                 proxy_headers=False)
 

@@ -7,6 +7,7 @@ with its record index), so a bad request never reaches the learner and never tur
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,11 @@ def decode_body(body: bytes) -> Any:
     except json.JSONDecodeError as err:
         raise Rejection(400, f"request body is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})",
                         "invalid_json") from None
+    except ValueError:  # an integer longer than Python converts (sys.get_int_max_str_digits)
+        raise Rejection(400, f"request body holds an integer of more than {sys.get_int_max_str_digits()} digits",
+                        "invalid_json") from None
+    except RecursionError:  # arrays or objects nested thousands deep: valid JSON no record can be
+        raise Rejection(400, "request body nests arrays or objects too deeply to be records", "invalid_json") from None
 
 
 def _type_name(value: Any) -> str:

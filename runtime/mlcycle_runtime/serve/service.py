@@ -20,6 +20,7 @@ from bentoml.exceptions import InvalidArgument
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from mlcycle_runtime import bodylimit
 from mlcycle_runtime import config as cfg
 from mlcycle_runtime import metrics as names
 from mlcycle_runtime.features.store import EntityKeyError
@@ -118,6 +119,16 @@ class PredictInput(bentoml.IODescriptor):
         return cls.model_construct(records=await request.body(), version=None)
 
 
+# This worker's server metrics, once its service has made them: the request size limit runs before the service
+# sees a request, and counts its refusals there.
+_metrics: ServerMetrics | None = None
+
+
+def _count_too_large() -> None:
+    if _metrics is not None:
+        _metrics.error(bodylimit.REASON)
+
+
 @bentoml.service(
     name="mlcycle-model-server",
     workers=int(os.environ.get(WORKERS_ENV, "1")),
@@ -153,6 +164,8 @@ class ModelServer:
             warm_online_store(self.feature_repo)
         self.batched = BATCHED and config.batching.enabled and config.batching.max_batch_size > 1
         self.metrics = ServerMetrics(card.version, score_buckets(self.model), registry)
+        global _metrics
+        _metrics = self.metrics
         self.ready = True
 
     def __is_ready__(self) -> bool:
@@ -248,3 +261,9 @@ class ModelServer:
             return self._score(records).tolist()
         except Rejection as rejection:
             raise InvalidArgument(f"{rejection.error}: {'; '.join(rejection.fields)}") from None
+
+
+# A body over the limit gets 413 before BentoML reads it all (PredictInput reads the whole body into memory).
+ModelServer.add_asgi_middleware(
+    bodylimit.BodyLimit, max_bytes=_SETTINGS.max_request_bytes if _SETTINGS else bodylimit.DEFAULT_MAX_REQUEST_BYTES,
+    on_refused=_count_too_large)

@@ -365,6 +365,49 @@ def test_reload_after_config_rewrite(tmp, upstreams):
         proc.stop()
 
 
+def records_of_about(size: int) -> bytes:
+    """A valid /predict body of about `size` bytes (within one record's length)."""
+    record = json.dumps(RECORDS[0]).encode()
+    return b'{"records": [' + b", ".join([record] * max(1, (size - 16) // (len(record) + 2))) + b"]}"
+
+
+def chunked(body: bytes, size: int = 1024) -> Iterator[bytes]:
+    """The body as a stream: httpx sends it chunked, without a Content-Length."""
+    for start in range(0, len(body), size):
+        yield body[start:start + size]
+
+
+def test_a_body_over_the_limit_is_a_413_before_anything_is_proxied(tmp, upstreams):
+    proc = RouterProc(tmp, {"name": "churn", "namespace": "ml", "maxRequestBytes": 4096,
+                            "routes": [route("v1", 100, "stable", upstreams["v1"].url)]}, name="limited")
+    try:
+        proc.proc.wait_http(f"{proc.url}/readyz")
+        within = records_of_about(4000)
+        assert len(within) <= 4096
+        answer = httpx.post(f"{proc.url}/predict", content=within, headers={"content-type": "application/json"})
+        assert answer.status_code == 200 and answer.headers["x-mlcycle-variant"] == "v1", answer.text
+        over = records_of_about(5000)
+        declared = httpx.post(f"{proc.url}/predict", content=over, headers={"content-type": "application/json"})
+        assert declared.status_code == 413, declared.text
+        assert declared.json()["error"] == (f"request body too large: Content-Length is {len(over):,} bytes; this "
+                                            "deployment accepts at most 4,096 bytes (spec.serving.maxRequestSize)")
+        assert "x-mlcycle-variant" not in declared.headers  # no version was asked
+        streamed = httpx.post(f"{proc.url}/predict", content=chunked(over),
+                              headers={"content-type": "application/json"})
+        assert streamed.status_code == 413 and "more than 4,096 bytes arrived" in streamed.json()["error"]
+        samples = proc.metrics()
+        assert value(samples, "mlcycle_router_requests_total", version="none", code="413") == 2
+        assert value(samples, "mlcycle_router_requests_total", version="v1", code="200") == 1
+        # The limit follows the config, as the routes do.
+        config = json.loads(proc.config_path.read_text())
+        proc.write({**config, "maxRequestBytes": 8192})
+        wait_for(lambda: httpx.post(f"{proc.url}/predict", content=over,
+                                    headers={"content-type": "application/json"}).status_code == 200,
+                 5.0, "the raised limit to apply")
+    finally:
+        proc.stop()
+
+
 def test_no_upstream_is_503(tmp):
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     proc = RouterProc(tmp, {"name": "churn", "namespace": "ml", "routes": [route("v1", 100, "stable", dead)]},

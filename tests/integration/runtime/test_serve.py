@@ -19,6 +19,7 @@ import pytest
 
 from examples.churn.generate import CATEGORICAL, NUMERIC, generate
 from mlcycle_runtime import reference
+from mlcycle_runtime.bodylimit import DEFAULT_MAX_REQUEST_BYTES
 from mlcycle_runtime.model import LoadedModel, ModelCard, Predictor, load_version, save_version
 from mlcycle_runtime.schema import FeatureSchema
 from tests.harness import server_process
@@ -159,6 +160,27 @@ def test_every_bad_request_gets_a_4xx_naming_the_problem(server, body, status, f
     assert set(answer) == {"error", "fields"} and answer["error"]
     if field is not None:
         assert any(f.startswith(field) for f in answer["fields"]), answer
+
+
+def test_a_body_over_the_limit_is_a_413_declared_or_streamed_and_counted(server):
+    """The default limit (1 MiB): a larger body, with a Content-Length or chunked, is refused before BentoML reads
+    it in full; the server goes on answering."""
+    record = json.dumps(GOOD).encode()
+    body = b'{"records": [' + b", ".join([record] * (DEFAULT_MAX_REQUEST_BYTES // len(record) + 1)) + b"]}"
+    json_type = {"content-type": "application/json"}
+    declared = httpx.post(f"{server.url}/predict", content=body, headers=json_type, timeout=30)
+    assert declared.status_code == 413, declared.text
+    assert declared.json() == {"error": f"request body too large: Content-Length is {len(body):,} bytes; this "
+                                        f"deployment accepts at most {DEFAULT_MAX_REQUEST_BYTES:,} bytes "
+                                        "(spec.serving.maxRequestSize)", "fields": []}
+    streamed = httpx.post(f"{server.url}/predict", headers=json_type, timeout=30,
+                          content=(body[i:i + 65536] for i in range(0, len(body), 65536)))
+    assert streamed.status_code == 413 and "more than" in streamed.json()["error"], streamed.text
+    assert httpx.post(f"{server.url}/predict", json={"records": [GOOD]}).status_code == 200
+    version = server.model.card.version
+    errors = f'mlcycle_server_request_errors_total{{reason="too_large",version="{version}"}}'
+    counted = [line for line in httpx.get(f"{server.url}/metrics").text.splitlines() if line.startswith(errors)]
+    assert counted and float(counted[0].split()[-1]) == 2, counted
 
 
 def test_a_request_for_another_version_by_header_is_a_404_naming_both(server):

@@ -71,6 +71,10 @@ def call(srv: ModelServer, payload, header: str | None = None) -> tuple[int, dic
     (b'{"records": [', "not valid JSON"),
     (b"\xc3(", "not UTF-8 JSON"),
     (b"", "not valid JSON"),
+    # Valid JSON that Python's parser cannot follow (it raised RecursionError, a 500): a 400 now.
+    (b"[" * 100_000 + b"]" * 100_000, "nests arrays or objects too deeply"),
+    (b'{"a": ' * 50_000 + b"1" + b"}" * 50_000, "nests arrays or objects too deeply"),
+    (b'{"records": [{"tenure_months": ' + b"9" * 5000 + b"}]}", "an integer of more than 4300 digits"),
 ])
 def test_a_body_that_is_not_json_is_a_400_saying_so(body, expected):
     with pytest.raises(h.Rejection) as err:
