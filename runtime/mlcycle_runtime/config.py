@@ -64,9 +64,8 @@ class Validation(ConfigModel):
 
 
 class ModelSpec(ConfigModel):
-    framework: Literal["xgboost", "lightgbm", "sklearn", "torch", "custom"]
+    framework: Literal["xgboost", "sklearn"]
     estimator: str | None = None
-    entrypoint: str | None = None
     task: Literal["binary", "multiclass", "regression"] = "binary"
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -263,7 +262,6 @@ class DriftConfig(ConfigModel):
     version: str | None = None
     reference_uri: str | None = None
     prometheus_url: str | None = None
-    router_metrics: str | None = None
     port: int = 8080
     report: ReportTarget = Field(default_factory=lambda: ReportTarget(status_field="report"))
 

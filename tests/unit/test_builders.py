@@ -877,14 +877,13 @@ def test_the_prometheus_rule_only_when_alerting_and_its_crd_exists(alerting, wit
         assert 'monitor="churn"' in rule["expr"]
 
 
-def test_the_monitor_config_points_at_the_router_metrics():
+def test_the_monitor_config_names_its_deployment_reference_and_prometheus():
     config = config_data(monitor_children()["ConfigMap"])
     assert config["deployment"] == "churn"
     assert config["version"] == VERSION
     assert config["referenceUri"] == MODEL_URI
     assert config["prometheusUrl"] == "http://prometheus:9090"
-    router = serving.router_deployment(md_spec(), MD_META, project_spec(), IMAGE)
-    assert config["routerMetrics"] == f"http://{name_of(router)}.{NAMESPACE}.svc:{serving.ROUTER_PORT}/metrics"
+    assert "routerMetrics" not in config  # the monitor reads the router's series from Prometheus only
     assert config["spec"]["minSamples"] == 500
     assert config["report"] == {"statusField": "report"}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from ..api.driftmonitor import DriftMonitorSpec
 from ..api.mlproject import MLProjectSpec
-from . import common, project, serving
+from . import common, project
 from .common import Meta
 
 KIND = "DriftMonitor"
@@ -36,8 +36,6 @@ def monitor_config(spec: DriftMonitorSpec, meta: Meta, deployment_status: dict[s
         "version": deployment_status.get("stableVersion"),
         "referenceUri": reference_uri,
         "prometheusUrl": prometheus_url,
-        "routerMetrics": f"http://{serving.router_name(spec.deployment)}.{meta.namespace}.svc:{serving.ROUTER_PORT}"
-                         "/metrics",
         "port": PORT,
         "report": {"statusField": "report"},
     }

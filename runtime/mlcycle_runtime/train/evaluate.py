@@ -17,8 +17,6 @@ BINARY = ("roc_auc", "pr_auc", "log_loss", "accuracy", "f1")
 REGRESSION = ("rmse", "mae", "r2")
 MULTICLASS = ("accuracy", "log_loss", "f1_macro")
 CALIBRATION = ("brier", "ece")
-# Metrics where smaller is better: the direction of a lift when the job's mode is not known.
-LOWER_IS_BETTER = frozenset({"log_loss", "rmse", "mae", "brier", "ece"})
 MISSING_SLICE = "(missing)"
 ECE_BINS = 10
 
