@@ -88,7 +88,11 @@ def impersonating(cluster, user: str) -> client.ApiClient:
     return api
 
 
-def test_install_runs_the_operator_and_uninstall_cleans_up(cluster, api_client, helm, namespace, release):
+def test_install_makes_the_operator_deployment_available_and_uninstall_cleans_up(cluster, api_client, helm,
+                                                                                  namespace, release):
+    """Install, upgrade and uninstall the chart. The operator's Deployment becomes Available on KWOK nodes, whose
+    pods are simulated: no operator container runs here, so this checks what the chart creates, not that the
+    operator in it works (the other integration tests run the operator itself)."""
     helm("install", release, str(CHART), "-n", namespace, "-f", str(CHART / "ci" / "ci-values.yaml"),
          "--wait", "--timeout", "150s")
     fullname = f"{release}-mlcycle"
@@ -155,6 +159,7 @@ def test_operator_identity_is_least_privilege_as_enforced(cluster, api_client, h
                                   ("list", "", "pods"), ("create", "rbac.authorization.k8s.io", "roles")):
         assert can(api_client, user, verb, group, resource, "default"), f"the operator cannot {verb} {resource}"
     assert can(api_client, user, "watch", "apiextensions.k8s.io", "customresourcedefinitions")
+    assert can(api_client, user, "patch", "kopf.dev", "clusterkopfpeerings")  # watching every namespace
     for verb, group, resource in (("get", "", "secrets"), ("list", "", "secrets"), ("update", "apps", "deployments"),
                                   ("delete", "mlcycle.io", "modeldeployments"), ("create", "", "pods"),
                                   ("escalate", "rbac.authorization.k8s.io", "roles"),
@@ -179,8 +184,11 @@ def test_namespaced_install_grants_only_in_watched_namespaces(api_client, helm, 
     assert can(api_client, user, "create", "apps", "deployments", namespace)
     assert not can(api_client, user, "create", "apps", "deployments", "default")
     assert not can(api_client, user, "list", "mlcycle.io", "trainingjobs", "default")
-    # Kopf's cluster-wide needs stay granted.
+    # Kopf's cluster-wide needs stay granted; the cluster-wide peering, unused here, is not.
     assert can(api_client, user, "list", "", "namespaces")
+    assert can(api_client, user, "patch", "kopf.dev", "kopfpeerings", namespace)
+    for verb in ("get", "list", "watch", "patch"):
+        assert not can(api_client, user, verb, "kopf.dev", "clusterkopfpeerings"), f"the operator may {verb} them"
     peering = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
         "kopf.dev", "v1", namespace, "kopfpeerings", f"{namespace}-{release}-mlcycle")
     assert peering["metadata"]["name"] == f"{namespace}-{release}-mlcycle"

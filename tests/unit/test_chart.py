@@ -81,13 +81,21 @@ def env_of(container: dict) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container.get("env", [])}
 
 
+# The cluster-scoped resources the chart's roles name: a RoleBinding grants none of them, whatever its role says.
+CLUSTER_SCOPED = {"clusterkopfpeerings", "namespaces", "customresourcedefinitions"}
+
+
 def bound_rules(docs: list[dict]) -> list[dict]:
-    """Every rule of the ClusterRoles the operator's ServiceAccount is bound to (cluster-wide or in a namespace)."""
+    """What the operator's ServiceAccount may do, as the API server reads its bindings: every rule of a ClusterRole
+    bound cluster-wide, and the namespaced resources of one bound by a RoleBinding."""
     roles = {r["metadata"]["name"]: r for r in find(docs, "ClusterRole")}
     rules = []
     for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
         if any(s["name"] == "mlcycle" and s["kind"] == "ServiceAccount" for s in binding["subjects"]):
-            rules += roles[binding["roleRef"]["name"]]["rules"]
+            for rule in roles[binding["roleRef"]["name"]]["rules"]:
+                if binding["kind"] == "RoleBinding":
+                    rule = {**rule, "resources": [r for r in rule["resources"] if r not in CLUSTER_SCOPED]}
+                rules.append(rule)
     return rules
 
 
@@ -166,6 +174,23 @@ def test_default_images_and_settings(helm):
     assert container["resources"] == {"requests": {"cpu": "100m", "memory": "256Mi"},
                                       "limits": {"cpu": "1", "memory": "512Mi"}}
     assert find(docs, "Deployment", "mlcycle")[0]["spec"]["replicas"] == 1
+
+
+def test_images_by_digest_ignore_the_tag(helm):
+    operator, runtime = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    container = operator_container(render(helm, "--set", f"image.digest={operator}", "--set", "image.tag=9.9",
+                                          "--set", f"runtimeImage.digest={runtime}"))
+    assert container["image"] == f"ghcr.io/mlcycle/operator@{operator}"
+    assert env_of(container)["MLCYCLE_RUNTIME_IMAGE"] == f"ghcr.io/mlcycle/runtime@{runtime}"
+
+
+def test_several_replicas_without_peering_are_refused(helm):
+    """Without Kopf peering every replica reconciles everything at once: refused at install, saying why."""
+    result = run_helm(helm, "template", "mlcycle", str(CHART), "--set", "replicaCount=2",
+                      "--set", "peering.enabled=false")
+    assert result.returncode != 0
+    assert "replicaCount 2 needs peering.enabled" in result.stderr, result.stderr
+    assert render(helm, "--set", "replicaCount=1", "--set", "peering.enabled=false")
 
 
 @pytest.mark.parametrize(("args", "url"), [
@@ -320,6 +345,12 @@ def test_watch_namespaces_grants_only_in_those_namespaces(helm):
     assert sorted(p["metadata"]["namespace"] for p in peerings) == ["team-a", "team-b"]
     assert {p["metadata"]["name"] for p in peerings} == {env["MLCYCLE_PEERING"]}
     assert not find(docs, "ClusterKopfPeering")
+    # Nothing cluster-wide beyond what Kopf uses whatever it watches: no ClusterKopfPeering, no namespaced kind.
+    rules = bound_rules(docs)
+    assert not any(allows(rules, "kopf.dev", "clusterkopfpeerings", verb) for verb in ("get", "list", "patch"))
+    cluster_wide = [rule for b in find(docs, "ClusterRoleBinding")
+                    for rule in find(docs, "ClusterRole", b["roleRef"]["name"])[0]["rules"]]
+    assert {r for rule in cluster_wide for r in rule["resources"]} == {"customresourcedefinitions", "namespaces"}
     # Prometheus reads pods where the operator works and in its own namespace, not cluster-wide.
     prometheus = [b for b in find(docs, "RoleBinding") if b["roleRef"]["name"].endswith("-prometheus")]
     assert sorted(b["metadata"]["namespace"] for b in prometheus) == sorted(["team-a", "team-b", NAMESPACE])
@@ -404,6 +435,8 @@ def test_helm_lint_strict(helm, values):
     ("watchNamespaces={Team_A}", "watchNamespaces"),
     ("resources.limits.memory=lots", "memory"),
     ("replicas=2", "replicas"),  # a typo of replicaCount
+    ("image.digest=latest", "digest"),
+    ("runtimeImage.digest=sha256:abc", "digest"),
 ])
 def test_schema_refuses_bad_values_naming_them(helm, setting, named):
     result = run_helm(helm, "template", "mlcycle", str(CHART), "--set", setting)

@@ -68,9 +68,14 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* image:tag, the tag defaulting to the chart's appVersion. Call with (dict "image" .Values.image "ctx" $). */}}
+{{/* image@digest when a digest is given, else image:tag, the tag defaulting to the chart's appVersion. Call with
+(dict "image" .Values.image "ctx" $). */}}
 {{- define "mlcycle.image" -}}
+{{- if .image.digest }}
+{{- printf "%s@%s" .image.repository .image.digest }}
+{{- else }}
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion (toString .image.tag)) }}
+{{- end }}
 {{- end }}
 
 {{/* The in-chart Prometheus' name. */}}
