@@ -704,6 +704,40 @@ def test_a_pdb_only_with_more_than_one_replica(serving_changes, has_pdb):
         assert pdb["spec"]["selector"] == children["Deployment"]["spec"]["selector"]
 
 
+@pytest.mark.parametrize(("serving_changes", "spread"), [
+    ({"autoscaling": {"enabled": False}, "replicas": 1}, False),
+    ({"autoscaling": {"enabled": False}, "replicas": 3}, True),
+    ({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}}, True),  # one now, four later
+    ({"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 1}}, False),
+])
+def test_model_server_replicas_spread_over_nodes_when_there_can_be_several(serving_changes, spread):
+    deployment = version_children(md_spec(serving=serving_changes))["Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert ("topologySpreadConstraints" in pod) == spread
+    if spread:
+        [constraint] = pod["topologySpreadConstraints"]
+        # A preference: pods sharing a ReadWriteOnce claim can only run on one node, and must still run.
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        assert constraint["topologyKey"] == "kubernetes.io/hostname" and constraint["maxSkew"] == 1
+        assert constraint["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_routers_spread_over_nodes_and_keep_one_through_a_drain():
+    spec = md_spec()
+    router = serving.router_deployment(spec, MD_META, project_spec(), IMAGE)
+    [constraint] = router["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert constraint["labelSelector"]["matchLabels"] == router["spec"]["selector"]["matchLabels"]
+    pdb = serving.router_pdb(spec, MD_META)
+    assert name_of(pdb) == name_of(router) and pdb["spec"]["maxUnavailable"] == 1
+    assert pdb["spec"]["selector"] == router["spec"]["selector"]
+    # The router's PDB selects no model server, so retiring a version never takes it along.
+    assert pdb["spec"]["selector"]["matchLabels"] != version_children(spec)["PodDisruptionBudget"]["spec"][
+        "selector"]["matchLabels"]
+    single = serving.router_deployment(spec, MD_META, project_spec(), IMAGE, replicas=1)
+    assert "topologySpreadConstraints" not in single["spec"]["template"]["spec"]
+    assert serving.router_pdb(spec, MD_META, replicas=1) is None
+
+
 @pytest.mark.parametrize(("resources", "gpus"), [({"cpu": "500m", "memory": "512Mi"}, 0),
                                                  ({"cpu": 4, "memory": "16Gi", "gpu": 1}, 1),
                                                  ({"cpu": 8, "memory": "32Gi", "gpu": 2}, 2)])

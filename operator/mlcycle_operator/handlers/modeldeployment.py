@@ -247,6 +247,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
             builders.router_deployment(md, meta, project_spec, image),
             builders.router_service(md, meta),
         ]
+        children += [pdb for pdb in (builders.router_pdb(md, meta),) if pdb is not None]
         if md.service_monitor and kube.resource_served("monitoring.coreos.com/v1", "servicemonitors"):
             children.append(builders.service_monitor(md, meta))
         # The routing table changes with the decision, whose own Event says so: no second Event for its ConfigMap.

@@ -14,6 +14,7 @@ from .common import Meta
 KIND = "ModelDeployment"
 SERVER_PORT = 3000
 ROUTER_PORT = 8080
+ROUTER_REPLICAS = 2
 STICKY_HEADER = "x-mlcycle-variant"
 
 
@@ -72,6 +73,19 @@ def _probe(path: str, port: int, period: int = 5) -> dict[str, Any]:
             "failureThreshold": 3}
 
 
+def _spread(selector: dict[str, str]) -> dict[str, Any]:
+    """Pod-spec fields that spread a workload's replicas over nodes, so one node's loss is not all of them. A
+    preference (ScheduleAnyway), never a reason to stay Pending: pods that share a ReadWriteOnce claim can only run
+    on one node. Counted per rollout revision (pod-template-hash), so a rolling update spreads its new pods too."""
+    return {"topologySpreadConstraints": [{
+        "maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "ScheduleAnyway",
+        "labelSelector": {"matchLabels": selector}, "matchLabelKeys": ["pod-template-hash"]}]}
+
+
+def _most_replicas(serving_spec: Any) -> int:
+    return serving_spec.autoscaling.max_replicas if serving_spec.autoscaling.enabled else serving_spec.replicas
+
+
 def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, model_uri: str,
                            project_spec: MLProjectSpec, image: str, config_hash: str) -> dict[str, Any]:
     """The Deployment that serves one model version of a ModelDeployment."""
@@ -104,7 +118,9 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
                         "prometheus.io/path": "/metrics",
                     },
                 },
-                "spec": project.workload_pod(spec.project, container, volumes, serving.resources),
+                "spec": project.workload_pod(
+                    spec.project, container, volumes, serving.resources,
+                    **(_spread(_version_selector(meta, version)) if _most_replicas(serving) > 1 else {})),
             },
         },
     }
@@ -198,7 +214,7 @@ def router_config_map(spec: ModelDeploymentSpec, meta: Meta, traffic: list[Versi
 
 
 def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLProjectSpec, image: str,
-                      replicas: int = 2) -> dict[str, Any]:
+                      replicas: int = ROUTER_REPLICAS) -> dict[str, Any]:
     """The stable endpoint: applies weights, mirrors shadow traffic, exports per-version metrics."""
     name = router_name(meta.name)
     lbls = common.labels(KIND, meta.name, "router", project=spec.project)
@@ -224,9 +240,24 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
                 "metadata": {"labels": lbls, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(ROUTER_PORT),
                     "prometheus.io/path": "/metrics"}},
-                "spec": project.workload_pod(spec.project, container, volumes),
+                "spec": project.workload_pod(spec.project, container, volumes,
+                                             **(_spread(common.selector_labels(meta.name, "router"))
+                                                if replicas > 1 else {})),
             },
         },
+    }
+
+
+def router_pdb(spec: ModelDeploymentSpec, meta: Meta, replicas: int = ROUTER_REPLICAS) -> dict[str, Any] | None:
+    """The endpoint stays up through voluntary disruptions (node drains): one router at a time may go."""
+    if replicas < 2:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": router_name(meta.name), "namespace": meta.namespace,
+                     "labels": common.labels(KIND, meta.name, "router", project=spec.project)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": common.selector_labels(meta.name, "router")}},
     }
 
 
