@@ -385,6 +385,23 @@ def test_other_storage_makes_no_claim(storage):
     assert project.pvc_claim_name(project_spec(**storage)) is None
 
 
+# Which pods hold an API token (automountServiceAccountToken), per pod template: only those that call the API.
+API_TOKEN = {"materialization": [False], "training-job": [True], "training-rayjob": [True, False],  # head, workers
+             "model-server": [False], "router": [True], "drift-monitor": [True]}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_only_pods_that_call_the_api_get_a_token(variant):
+    built = pod_bearing(variant)
+    assert {what for what, _, _, _ in built} <= set(API_TOKEN)
+    for what, obj, _, _ in built:
+        assert [pod["automountServiceAccountToken"] for pod in pod_specs(obj)] == API_TOKEN[what], what
+    ray_job = next(obj for what, obj, _, _ in built if what == "training-rayjob")
+    assert ray_job["spec"]["submitterPodTemplate"]["spec"]["automountServiceAccountToken"] is False
+    # The project's identity mounts nothing by default: a pod asks for its token.
+    assert project.service_account(specs(variant)[0], PROJECT_META)["automountServiceAccountToken"] is False
+
+
 STORAGE_CASES = [
     pytest.param(project.pvc_claim_name(specs(variant)[0]), obj, id=f"{variant}-{what}")
     for variant in VARIANTS for what, obj, _, _ in pod_bearing(variant)

@@ -68,7 +68,7 @@ def deployment(spec: DriftMonitorSpec, meta: Meta, project_name: str, project_sp
                     common.ANNOTATION_CONFIG_HASH: config_hash,
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(PORT),
                     "prometheus.io/path": "/metrics"}},
-                "spec": project.workload_pod(project_name, container, volumes, spec.resources),
+                "spec": project.workload_pod(project_name, container, volumes, spec.resources, api=True),
             },
         },
     }

@@ -37,8 +37,9 @@ def service_account(spec: MLProjectSpec, meta: Meta) -> dict[str, Any]:
         "kind": "ServiceAccount",
         "metadata": {"name": workload_service_account_name(meta.name), "namespace": meta.namespace,
                      "labels": _labels(meta, "workload-identity")},
-        # Only pods that report status need a token; they get it through the projected default mount.
-        "automountServiceAccountToken": True,
+        # No token unless a pod asks for one (workload_pod's `api`): a model server or a Ray worker that a
+        # request or a bug takes over holds no credential for the API.
+        "automountServiceAccountToken": False,
     }
 
 
@@ -141,6 +142,7 @@ def materialization_cron_job(spec: MLProjectSpec, meta: Meta, image: str) -> dic
                     "spec": {
                         "restartPolicy": "Never",
                         "serviceAccountName": workload_service_account_name(meta.name),
+                        "automountServiceAccountToken": False,  # Feast reads and writes stores, not the API
                         "securityContext": common.pod_security(),
                         "containers": [container],
                         "volumes": volumes,
@@ -179,12 +181,14 @@ def workload_volumes(spec: MLProjectSpec, project: str, config_map: str, *,
 
 
 def workload_pod(project: str, container: dict[str, Any], volumes: list, gpu_resources: Resources | None = None,
-                 **extra: Any) -> dict[str, Any]:
-    """The pod spec of a runtime workload: the project's identity, restricted security, GPU toleration when
-    `gpu_resources` asks for GPUs."""
+                 *, api: bool, **extra: Any) -> dict[str, Any]:
+    """The pod spec of a runtime workload: the project's identity, with its API token only where the workload
+    calls the API (`api`: the trainer and the monitor report status, the router watches), restricted security,
+    GPU toleration when `gpu_resources` asks for GPUs."""
     return {
         **extra,
         "serviceAccountName": workload_service_account_name(project),
+        "automountServiceAccountToken": api,
         "securityContext": common.pod_security(),
         "containers": [container],
         "volumes": volumes,

@@ -119,7 +119,7 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
                     },
                 },
                 "spec": project.workload_pod(
-                    spec.project, container, volumes, serving.resources,
+                    spec.project, container, volumes, serving.resources, api=False,
                     **(_spread(_version_selector(meta, version)) if _most_replicas(serving) > 1 else {})),
             },
         },
@@ -240,7 +240,7 @@ def router_deployment(spec: ModelDeploymentSpec, meta: Meta, project_spec: MLPro
                 "metadata": {"labels": lbls, "annotations": {
                     "prometheus.io/scrape": "true", "prometheus.io/port": str(ROUTER_PORT),
                     "prometheus.io/path": "/metrics"}},
-                "spec": project.workload_pod(spec.project, container, volumes,
+                "spec": project.workload_pod(spec.project, container, volumes, api=True,
                                              **(_spread(common.selector_labels(meta.name, "router"))
                                                 if replicas > 1 else {})),
             },

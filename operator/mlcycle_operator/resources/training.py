@@ -68,7 +68,9 @@ def _worker_resources(spec: TrainingJobSpec) -> Resources:
 
 
 def _pod_spec(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str,
-              resources: Resources, *, restart: str) -> dict[str, Any]:
+              resources: Resources, *, restart: str, api: bool = True) -> dict[str, Any]:
+    """A trainer pod; `api` where the trainer runs (it reports into the TrainingJob's status), not on Ray's
+    worker pods."""
     volumes, mounts = project.workload_volumes(project_spec, spec.project, config_map_name(meta.name),
                                                feature_store=True)
     container = common.container(
@@ -77,7 +79,7 @@ def _pod_spec(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, im
         # Ray keeps its session files under /tmp; the root filesystem is read-only.
         env=[*common.downward_env(), {"name": "RAY_TMPDIR", "value": "/tmp/ray"}],
         env_from=project.storage_env_from(project_spec))
-    return project.workload_pod(spec.project, container, volumes, resources, restartPolicy=restart)
+    return project.workload_pod(spec.project, container, volumes, resources, api=api, restartPolicy=restart)
 
 
 def batch_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, image: str) -> dict[str, Any]:
@@ -117,7 +119,7 @@ def _submitter_pod(spec: TrainingJobSpec, image: str, pull_policy: str) -> dict[
     tmp_volume, tmp_mount = common.scratch_volume()
     container = common.container("ray-job-submitter", image, pull_policy,
                                  common.resource_requirements(SUBMITTER_RESOURCES), [tmp_mount])
-    return project.workload_pod(spec.project, container, [tmp_volume], restartPolicy="Never")
+    return project.workload_pod(spec.project, container, [tmp_volume], api=False, restartPolicy="Never")
 
 
 # What a data-parallel trial adds to the head, where the trainer pins it (runtime cluster.TRIAL_DRIVER): its Tune
@@ -139,7 +141,7 @@ def ray_job(spec: TrainingJobSpec, meta: Meta, project_spec: MLProjectSpec, imag
     head = _pod_spec(spec, meta, project_spec, image, head_resources, restart="Never")
     head["containers"][0]["name"] = "ray-head"
     head["containers"][0].pop("command")
-    worker = _pod_spec(spec, meta, project_spec, image, _worker_resources(spec), restart="Never")
+    worker = _pod_spec(spec, meta, project_spec, image, _worker_resources(spec), restart="Never", api=False)
     worker["containers"][0]["name"] = "ray-worker"
     worker["containers"][0].pop("command")
     return {
