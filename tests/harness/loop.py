@@ -218,13 +218,17 @@ class ClosedLoop:
             self.wait(lambda: self._answers(steady[0]), 120, f"the router's node port to answer on {self.url}")
         self.traffic = Traffic(self.url, steady, records(self._frames["recent"]))
         self.traffic.start()
+        self.facts["steady started"] = pd.Timestamp.now(tz="UTC")
         self.say(f"steady traffic through the router at {self.url}, {self.traffic.rate:.0f} requests/s")
         return md
 
     def drift(self, steady_seconds: float = 45.0) -> dict[str, Any]:
         """Steady traffic for a while (no drift must be found), then fresh data lands and traffic drifts."""
-        time.sleep(steady_seconds)
-        quiet = self.ml.status("DriftMonitor", "churn")
+        # Not a sleep: a report the monitor made at least steady_seconds into the steady traffic.
+        since = self.facts["steady started"] + pd.Timedelta(seconds=steady_seconds)
+        quiet = self.wait(lambda: self._if(self.ml.status("DriftMonitor", "churn"), lambda s: pd.Timestamp(
+                              (s.get("lastReport") or {}).get("time") or "1970-01-01T00:00:00Z") >= since),
+                          steady_seconds + 300, f"a DriftMonitor report {steady_seconds:.0f}s into steady traffic")
         self.facts["before drift"] = quiet
         self._write_partition("recent")
         assert self.traffic is not None
@@ -239,9 +243,13 @@ class ClosedLoop:
         self.facts["drift"] = status
         self.say(f"drift found on {', '.join(status['lastReport']['driftedFeatures'])}: "
                  f"{status['lastRetrain']['trainingJob']} started")
-        # The first drifted report is of a window still part steady; one of drifted traffic only comes later.
-        time.sleep(max(0.0, begin + WINDOW_S + 2 * SCHEDULE_S - time.monotonic()))
-        self.facts["drifted window"] = self.ml.status("DriftMonitor", "churn")["lastReport"]
+        # The first drifted report is of a window still part steady; one of drifted traffic only comes later: a
+        # report made a window (and a schedule, for the scrape) after the drift started.
+        drifted_only = self.facts["drift started"] + pd.Timedelta(seconds=WINDOW_S + SCHEDULE_S)
+        later = self.wait(lambda: self._if(self.ml.status("DriftMonitor", "churn"), lambda s: pd.Timestamp(
+                              s["lastReport"]["time"]) >= drifted_only), WINDOW_S + 300,
+                          "a DriftMonitor report of a window of drifted traffic only")
+        self.facts["drifted window"] = later["lastReport"]
         return status
 
     def retrain_and_promote(self) -> dict[str, Any]:

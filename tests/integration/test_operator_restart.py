@@ -10,6 +10,7 @@ cluster it would go on driving the rollout while ours is dead."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import shutil
 import tempfile
@@ -280,10 +281,11 @@ def test_killed_operator_promotes_once_rolls_back_once_and_leaves_no_orphans(md_
         rolled_back_after = rolled_back - first_traffic
         up_s = rolled_back_after - sum(max(0.0, min(k["at"] + k["down_s"], rolled_back) - max(k["at"], first_traffic))
                                        for k in operators.kills)
-        poll(lambda: not orphans(ml, {"v2"}) and status(), 60, "v3's servers removed after scaleDownDelay",
-             every=0.5)
-        time.sleep(INTERVAL_S)  # a rolled-back version is not tried again while the spec still asks for it
-        final = status()
+        # A rolled-back version is not tried again while the spec still asks for it: the reconcile that removed
+        # v3's servers after scaleDownDelay (by the operator restarted after the rollback) cleared status.retiring
+        # with the spec still asking for v3, and started nothing.
+        final = poll(lambda: not orphans(ml, {"v2"}) and not (s := status()).get("retiring") and s, 60,
+                     "v3's servers removed after scaleDownDelay", every=0.5)
         assert final["stableVersion"] == "v2" and final.get("candidateVersion") is None and not final.get("rollout")
         assert final["trafficSummary"] == "v2=100" and router_table(ml) == {"v2": 100}
         assert outcomes(final, "v3") == ["RolledBack"] and outcomes(final, "v2") == ["Promoted"], final["history"]
@@ -292,10 +294,18 @@ def test_killed_operator_promotes_once_rolls_back_once_and_leaves_no_orphans(md_
         assert len(events_starting(ml, "Promoted", "Promoted v2 ")) == 1
         assert not not_owned_by_md(ml, md["metadata"]["uid"])
         assert [k["exit"] for k in operators.kills] == [-9] * 7, operators.kills
-        # The operator was up for (rollback time - downtime); the target is interval x failureLimit, plus one
-        # interval (the first run is due one interval into the step), the 5 s timer tick and, per restart, Kopf's
-        # resume and the timer's first delay: generous, since the measured figure is the benchmark's business.
-        assert up_s <= INTERVAL_S * (FAILURE_LIMIT + 1) + 5 + 2 * 5 + 5, f"rolled back after {up_s:.1f}s up"
+        # Interval x failureLimit across the restarts, counted in analysis runs rather than seconds (the measured
+        # figure is the benchmark's business): the rollback came on the failureLimit-th failed run, so a restart
+        # neither lost a failure nor counted one twice, with at most one run before it that had no data yet (the
+        # first run is due one interval into the step), all in the first step, and runs one interval apart at
+        # least, so a restart did not bring the next run forward.
+        runs = ended["history"][-1]["analysisRuns"]
+        verdicts = [run["verdict"] for run in runs]
+        assert verdicts.count("Fail") == FAILURE_LIMIT and verdicts[-1] == "Fail", runs
+        assert len(runs) <= FAILURE_LIMIT + 1 and all(run.get("step", 0) == 0 for run in runs), runs
+        times = [stamp(run["time"]) for run in runs]
+        assert all(b - a >= INTERVAL_S for a, b in itertools.pairwise(times)), runs
+        assert first_traffic <= times[0] and times[-1] == rolled_back, (started["rollout"], ended["history"][-1])
         print(f"kills: {operators.kills}; v3 rolled back {rolled_back_after:.1f}s after its first traffic, "
               f"{up_s:.1f}s of it with an operator up")
     except BaseException:

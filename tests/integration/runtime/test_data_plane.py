@@ -29,6 +29,7 @@ import pytest
 from tests.harness.cluster import free_port
 from tests.harness.prometheus import Prometheus
 from tests.harness.pytest_support import unavailable
+from tests.integration.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,7 @@ ROWS = 4000
 SHIFTED = ("monthly_charges", "data_usage_gb")
 REQUESTS = 1000
 TOLERANCE = 0.05  # the router's default shadow agreement tolerance
+BINS = "mlcycle_router_feature_values_total"
 
 
 def records_of(frame: pd.DataFrame, features: list[str]) -> list[dict[str, Any]]:
@@ -108,6 +110,31 @@ def metric(text: str, name: str, **labels: str) -> float:
 def send(router_url: str, records: list[dict[str, Any]]) -> list[httpx.Response]:
     with httpx.Client(base_url=router_url, timeout=30) as http:
         return [http.post("/predict", json={"records": [record]}) for record in records]
+
+
+class Pending(dict):
+    """A predicate's "not yet" that still shows what it saw: falsy for wait_for, printed when it times out."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def binned(router_url: str) -> float:
+    """Requests whose after-answer work the router has done (each bins one 'prediction' value, and its mirrors
+    are spawned in the same step), all versions together."""
+    return metric(httpx.get(f"{router_url}/metrics").text, BINS, feature="prediction")
+
+
+def send_binned_and_scraped(router_url: str, prometheus: Prometheus, records: list[dict[str, Any]]) -> None:
+    """Send the records; return once the router has binned every one and Prometheus has scraped that count."""
+    before = binned(router_url)
+    assert all(r.status_code == 200 for r in send(router_url, records))
+    expected = before + len(records)
+    wait_for(lambda: binned(router_url) == expected, timeout=30, what=f"the router to bin {expected:.0f} requests",
+             every=0.2)
+    query = f'sum({BINS}{{feature="prediction"}})'
+    wait_for(lambda: (result := prometheus.query(query)) and float(result[0]["value"][1]) == expected,
+             timeout=30, what=f"Prometheus to scrape {expected:.0f} binned requests", every=0.3)
 
 
 def run_monitor(workdir: Path, env: dict[str, str], version: str, reference_uri: str, prometheus_url: str,
@@ -194,14 +221,31 @@ def plane(tmp_path_factory):
 
 def test_traffic_is_split_mirrored_and_counted_the_same_everywhere(plane):
     v1, v2 = plane["v1"]["version"], plane["v2"]["version"]
+    before = binned(plane["router"])
     responses = send(plane["router"], plane["clean"])
     assert [r.status_code for r in responses].count(200) == REQUESTS, {r.status_code for r in responses}
     answered = Counter(r.headers["x-mlcycle-variant"] for r in responses)
     assert set(answered) == {v1, v2}
     assert abs(answered[v2] - 0.1 * REQUESTS) <= 4 * math.sqrt(REQUESTS * 0.1 * 0.9)
 
-    time.sleep(1.0)  # mirrored calls are answered after the client's; let the last ones land
-    page = httpx.get(f"{plane['router']}/metrics").text
+    # Mirrored calls are answered after the client's. Wait until the router has done its after-answer work for
+    # every request (mirrors are spawned there), the candidate's server has scored no mirror the router has not
+    # counted yet, and the comparisons have stopped moving.
+    seen: list[float] = []
+
+    def settled() -> str | Pending:
+        page = httpx.get(f"{plane['router']}/metrics").text
+        state = {"binned": metric(page, BINS, feature="prediction") - before,
+                 "routed": metric(page, "mlcycle_router_requests_total", version=v2, code="200"),
+                 "served": metric(httpx.get(f"{plane['servers'][v2]}/metrics").text,
+                                  "mlcycle_server_predictions_total", version=v2),
+                 "compared": metric(page, "mlcycle_router_shadow_comparisons_total", version=v2)}
+        done = (state["binned"] == REQUESTS and state["served"] == state["routed"]
+                and seen[-1:] == [state["compared"]])
+        seen.append(state["compared"])
+        return page if done else Pending(state)
+
+    page = wait_for(settled, timeout=30, what="the router to finish mirroring", every=0.2)
     shadow = {result: metric(page, "mlcycle_router_shadow_comparisons_total", version=v2, result=result)
               for result in ("agree", "disagree", "error")}
     mirrored = sum(shadow.values())
@@ -242,8 +286,7 @@ def test_the_monitor_flags_the_shifted_features_and_only_them(plane):
     v1 = plane["v1"]
     workdir, env, prometheus = plane["workdir"], plane["env"], plane["prometheus"]
     # Reference-like traffic (the previous test's and more): no drift.
-    assert all(r.status_code == 200 for r in send(plane["router"], plane["clean"][:300]))
-    time.sleep(3)
+    send_binned_and_scraped(plane["router"], prometheus, plane["clean"][:300])
     clean = run_monitor(workdir, env, v1["version"], v1["uri"], prometheus.url, "10m")
     assert clean["samples"] >= 200 and clean["drifted"] is False, clean
     scored = {f["name"] for f in clean["features"]}
@@ -251,8 +294,7 @@ def test_the_monitor_flags_the_shifted_features_and_only_them(plane):
 
     # Then shifted traffic: the same customers with two features moved by two standard deviations. The window
     # holds both kinds; every unshifted feature keeps exactly its distribution, the shifted ones cannot hide.
-    assert all(r.status_code == 200 for r in send(plane["router"], plane["drifted"]))
-    time.sleep(3)
+    send_binned_and_scraped(plane["router"], prometheus, plane["drifted"])
     report = run_monitor(workdir, env, v1["version"], v1["uri"], prometheus.url, "10m")
     assert report["drifted"] is True and report["samples"] > clean["samples"], report
     flagged = set(report["driftedFeatures"]) - {"prediction"}

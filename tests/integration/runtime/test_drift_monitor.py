@@ -27,6 +27,7 @@ from mlcycle_runtime.reference import MISSING, PREDICTION, Reference
 from tests.harness.cluster import free_port
 from tests.harness.prometheus import Prometheus
 from tests.harness.pytest_support import unavailable
+from tests.integration.helpers import wait_for
 
 NAMESPACE, DEPLOYMENT, VERSION, MONITOR = "team-a", "churn", "v3", "churn-drift"
 NUMERIC = ["tenure", "charges", "calls", "usage"]
@@ -142,12 +143,18 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, P
         prometheus.start()
         wait_until(lambda: prometheus.query(f'mlcycle_router_feature_values_total{{version="{VERSION}"}}'),
                    "Prometheus to scrape the zeroed series", prometheus)
-        time.sleep(1.5)  # a second scrape at zero: increase() then starts from a known zero
+        # A second scrape at zero: increase() then starts from a known zero.
+        zeroes = f'min(count_over_time(mlcycle_router_feature_values_total{{version="{VERSION}"}}[5m]))'
+        wait_until(lambda: (r := prometheus.query(zeroes)) and float(r[0]["value"][1]) >= 2,
+                   "Prometheus to scrape the zeroed series twice", prometheus)
         # v3 gets reference-like traffic except for two features; v2 (not monitored) is shifted everywhere.
-        for _ in range(4):
+        # Each batch is scraped before the next one is sent (one scrape reads both versions).
+        scraped = f'sum(mlcycle_router_feature_values_total{{version="{VERSION}",feature="prediction"}})'
+        for batch in range(1, 5):
             bins.send(ref, VERSION, draw(rng, REQUESTS // 4, frozenset(SHIFTED)))
             bins.send(ref, "v2", draw(rng, REQUESTS // 4, frozenset({"tenure", "calls", "usage"})))
-            time.sleep(1.1)
+            wait_until(lambda n=batch * (REQUESTS // 4): (r := prometheus.query(scraped))
+                       and float(r[0]["value"][1]) == n, f"Prometheus to scrape batch {batch}", prometheus)
         total = f'sum(increase(mlcycle_router_feature_values_total{{version="{VERSION}",feature="prediction"}}[5m]))'
         wait_until(lambda: (r := prometheus.query(total)) and float(r[0]["value"][1]) >= REQUESTS,
                    "Prometheus to see every request", prometheus)
@@ -267,8 +274,14 @@ def test_service_without_its_reference_stays_up_and_not_ready(tmp_path: Path) ->
                 time.sleep(0.3)
         assert ready is not None and ready.status_code == 503 and "does not exist" in ready.text
         assert httpx.get(f"{base}/livez").status_code == 200
-        time.sleep(2.5)  # a few more ticks: it keeps retrying and keeps serving
-        assert process.poll() is None
+        # A few more ticks, each a failed one logged: it keeps retrying and keeps serving, still not ready.
+        retries = (tmp_path / "service.log").read_text().count("no report this time")
+        wait_for(lambda: process.poll() is not None
+                 or (tmp_path / "service.log").read_text().count("no report this time") >= retries + 2,
+                 timeout=30, what="two more failed ticks in the log", every=0.3)
+        assert process.poll() is None, (tmp_path / "service.log").read_text()
+        assert httpx.get(f"{base}/livez").status_code == 200
+        assert httpx.get(f"{base}/readyz").status_code == 503
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=15)
