@@ -17,6 +17,9 @@ import numpy as np
 
 Kind = Literal["numeric", "categorical"]
 
+# The largest magnitude a feature value may have: features are encoded as float32 for the model.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 @dataclass(frozen=True)
 class Feature:
@@ -81,8 +84,10 @@ class FeatureSchema:
             if f.kind == "numeric":
                 if isinstance(value, bool) or not isinstance(value, int | float):
                     out.append(f"{f.name}: expected a number, got {type(value).__name__}")
-                elif not math.isfinite(value):
+                elif isinstance(value, float) and not math.isfinite(value):
                     out.append(f"{f.name}: must be finite")
+                elif abs(value) > FLOAT32_MAX:  # an int compares exactly, whatever its size (float() would overflow)
+                    out.append(f"{f.name}: out of range: beyond ±{FLOAT32_MAX:.4g}, which the model's float32 holds")
             elif not isinstance(value, str | int | bool):
                 out.append(f"{f.name}: expected a category (string), got {type(value).__name__}")
         return out

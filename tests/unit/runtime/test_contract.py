@@ -115,6 +115,12 @@ SCHEMA = FeatureSchema((Feature("tenure_months", "numeric"), Feature("plan", "ca
     ({"tenure_months": "3", "plan": "basic"}, ["tenure_months: expected a number, got str"]),
     ({"tenure_months": True, "plan": "basic"}, ["tenure_months: expected a number, got bool"]),
     ({"tenure_months": float("inf"), "plan": "basic"}, ["tenure_months: must be finite"]),
+    # Found by the /predict fuzz run: an integer too large for a float was a 500 (OverflowError while encoding).
+    ({"tenure_months": 10 ** 400, "plan": "basic"}, ["tenure_months: out of range: beyond ±3.403e+38, which the "
+                                                      "model's float32 holds"]),
+    ({"tenure_months": -1e39, "plan": "basic"}, ["tenure_months: out of range: beyond ±3.403e+38, which the "
+                                                  "model's float32 holds"]),
+    ({"tenure_months": 3.4e38, "plan": "basic"}, []),
     ({"tenure_months": 1, "plan": ["basic"]}, ["plan: expected a category (string), got list"]),
     ([1, 2], ["a record must be a JSON object, got list"]),
 ])
