@@ -101,7 +101,8 @@ def trials_at_once(dist: Distribution) -> int:
 # controller and its actors, which Ray Train places on the controller's node) asks a sliver of it, so it runs on
 # the head, which the operator sizes for it, never in a worker pod beside a training worker sized for that alone.
 HEAD_RESOURCE = "node:__internal_head__"
-TRIAL_DRIVER = {"cpu": 0, HEAD_RESOURCE: 0.001}
+ON_HEAD = {HEAD_RESOURCE: 0.001}
+TRIAL_DRIVER = {"cpu": 0, **ON_HEAD}
 
 
 def placement_strategy() -> str:

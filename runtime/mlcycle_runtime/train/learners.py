@@ -360,7 +360,7 @@ def controller_registry() -> Any:
     """A ControllerRegistry actor for one search; the caller keeps its handle until the search ends."""
     import ray
 
-    return ray.remote(num_cpus=0, resources={cluster.HEAD_RESOURCE: 0.001})(ControllerRegistry).remote()
+    return ray.remote(num_cpus=0, resources=dict(cluster.ON_HEAD))(ControllerRegistry).remote()
 
 
 def distributed_trainable(learner: Learner, data_ref: Any, workers: int, resources: dict[str, float],
