@@ -1,7 +1,7 @@
 """Latency the router adds over calling the model server directly, measured open-loop.
 
-Requests leave a separate load process at a fixed arrival rate whatever the server does, and each latency is
-taken from the intended send time, so queueing cannot hide. The same load goes straight to the upstream
+Requests leave a separate load process (bench/openloop.py) at a fixed arrival rate whatever the server does, and
+each latency is taken from the intended send time, so queueing cannot hide. The same load goes straight to the upstream
 (baseline) and through the router (canary 90/10 with 10% shadow to a third version), interleaved in the same
 run. Prints p50/p99/max of both and the difference against the targets (<= 1 ms p50, <= 2 ms p99).
 
@@ -12,7 +12,6 @@ run. Prints p50/p99/max of both and the difference against the targets (<= 1 ms 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shlex
@@ -25,6 +24,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import openloop  # noqa: E402
+
 PYTHON = sys.executable
 BODY = json.dumps({"records": [{"tenure": 15, "plan": "pro", "monthly_charges": 70.5}]}).encode()
 TARGET_P50_MS, TARGET_P99_MS = 1.0, 2.0
@@ -52,49 +55,10 @@ def serve_upstream(version: str, port: int) -> None:
                 log_level="warning")
 
 
-# --- the open-loop load process -----------------------------------------------------------------------------
-
-
-async def open_loop(url: str, rate: float, duration: float, out: Path) -> None:
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=0)  # no client-side queue: every request goes out when it is due
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def one(intended: float) -> None:
-            nonlocal errors
-            try:
-                async with session.post(url, data=BODY, headers={"content-type": "application/json"}) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-            except aiohttp.ClientError:
-                errors += 1
-            latencies.append(time.perf_counter() - intended)
-
-        tasks = []
-        n = int(rate * duration)
-        start = time.perf_counter() + 0.05
-        for i in range(n):
-            intended = start + i / rate
-            delay = intended - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.ensure_future(one(intended)))
-        await asyncio.gather(*tasks)
-    out.write_text(json.dumps({"latencies": latencies, "errors": errors}))
-
-
 def run_load(url: str, rate: float, duration: float) -> tuple[list[float], int]:
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        out = Path(f.name)
-    subprocess.run([PYTHON, __file__, "--load", url, "--rate", str(rate), "--duration", str(duration),
-                    "--out", str(out)], check=True)
-    data = json.loads(out.read_text())
-    out.unlink()
-    return data["latencies"], data["errors"]
+    """One open-loop phase from a separate process (bench/openloop.py)."""
+    load = openloop.run(url, BODY, rate, duration)
+    return load.latencies.tolist(), load.errors
 
 
 # --- orchestration --------------------------------------------------------------------------------------
@@ -121,13 +85,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
     raise SystemExit(f"{url} not ready within {timeout}s")
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of a process so far (Linux /proc), to show each process's own cost per request."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+cpu_seconds = openloop.cpu_seconds
 
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
@@ -149,19 +107,11 @@ def main() -> None:
     parser.add_argument("--ready-path", default="/livez", help="path that answers 200 once a server is up")
     # Internal entry points: this file is also the upstream and the load process.
     parser.add_argument("--serve-upstream", nargs=2, metavar=("VERSION", "PORT"), help=argparse.SUPPRESS)
-    parser.add_argument("--load", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.serve_upstream:
         serve_upstream(args.serve_upstream[0], int(args.serve_upstream[1]))
         return
-    if args.load:
-        import uvloop
-
-        uvloop.run(open_loop(args.load, args.rate, args.duration, Path(args.out)))
-        return
-
     procs: list[subprocess.Popen] = []
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
     try:
@@ -200,7 +150,7 @@ def main() -> None:
                 before = cpu_seconds(procs[-1].pid), cpu_seconds(procs[0].pid)
                 latencies, failed = run_load(url, args.rate, args.duration)
                 after = cpu_seconds(procs[-1].pid), cpu_seconds(procs[0].pid)
-                if name == "router" and None not in before + after:
+                if name == "router":
                     router_cpu += after[0] - before[0]
                     upstream_cpu += after[1] - before[1]
                 results[name] += latencies

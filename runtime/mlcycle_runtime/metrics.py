@@ -12,8 +12,10 @@ SERVER_PREDICTIONS = "mlcycle_server_predictions_total"
 SERVER_DURATION = "mlcycle_server_prediction_duration_seconds"
 SERVER_SCORE = "mlcycle_server_prediction_score"
 SERVER_ERRORS = "mlcycle_server_request_errors_total"
-# Requests scored directly because the adaptive batcher dropped or lost them.
+# Adaptive batching: requests refused because the queue was full, rows per batch, time queued.
 SERVER_BATCH_SHED = "mlcycle_server_batch_shed_total"
+SERVER_BATCH_SIZE = "mlcycle_server_batch_size"
+SERVER_BATCH_WAIT = "mlcycle_server_batch_wait_seconds"
 
 # Drift monitor.
 DRIFT_SCORE = "mlcycle_drift_score"

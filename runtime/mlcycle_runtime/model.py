@@ -84,6 +84,15 @@ class Predictor:
             raise ValueError(f"framework {framework!r} cannot be served; supported: {', '.join(FRAMEWORKS)}")
         self.learner, self.framework, self.task = learner, framework, task
 
+    @property
+    def accepts_missing(self) -> bool:
+        """Whether the learner scores NaN (a null or an unseen category): XGBoost does, most sklearn estimators
+        do not (their `allow_nan` tag says which)."""
+        if self.framework == "xgboost":
+            return True
+        tags = getattr(self.learner, "__sklearn_tags__", None)
+        return bool(tags().input_tags.allow_nan) if tags is not None else False
+
     def predict(self, matrix: np.ndarray) -> np.ndarray:
         if self.framework == "xgboost":
             # inplace_predict skips building a DMatrix: the difference between ~0.3 ms and ~1 ms for one row.

@@ -819,6 +819,14 @@ def test_the_deployment_rolls_without_losing_capacity_and_probes_the_server():
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": serving.SERVER_PORT}
 
 
+@pytest.mark.parametrize(("cpu", "workers"), [("500m", 1), ("1", 1), ("1500m", 1), ("2", 2), ("4", 4), (3, 3)])
+def test_a_model_server_runs_one_worker_per_whole_cpu_of_its_limit(cpu, workers):
+    deployment = version_children(md_spec(serving={"resources": {"cpu": cpu}}))["Deployment"]
+    [container] = containers(deployment)
+    assert {"name": "MLCYCLE_SERVE_WORKERS", "value": str(workers)} in container["env"]
+    assert container["resources"]["limits"]["cpu"] == str(cpu)
+
+
 def test_the_config_hash_annotation_follows_the_server_config():
     children = version_children()
     annotations = children["Deployment"]["spec"]["template"]["metadata"]["annotations"]

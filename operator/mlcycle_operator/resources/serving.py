@@ -86,6 +86,12 @@ def _most_replicas(serving_spec: Any) -> int:
     return serving_spec.autoscaling.max_replicas if serving_spec.autoscaling.enabled else serving_spec.replicas
 
 
+def server_workers(resources: Any) -> int:
+    """Worker processes for a model server: one per whole CPU of its limit (at least one), so a 4-CPU pod uses its
+    4 cores. Each worker holds its own copy of the model, so memory should grow with the CPUs."""
+    return max(1, math.floor(parse_quantity(resources.cpu)))
+
+
 def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, model_uri: str,
                            project_spec: MLProjectSpec, image: str, config_hash: str) -> dict[str, Any]:
     """The Deployment that serves one model version of a ModelDeployment."""
@@ -97,7 +103,8 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
     container = common.container(
         "model-server", image, project_spec.defaults.image_pull_policy, common.resource_requirements(serving.resources),
         mounts, command=common.runtime_command("serve"), port=SERVER_PORT,
-        env=[*common.downward_env(), {"name": "BENTOML_HOME", "value": "/tmp/bentoml"}],
+        env=[*common.downward_env(), {"name": "BENTOML_HOME", "value": "/tmp/bentoml"},
+             {"name": "MLCYCLE_SERVE_WORKERS", "value": str(server_workers(serving.resources))}],
         env_from=project.storage_env_from(project_spec), readinessProbe=_probe("/readyz", SERVER_PORT),
         livenessProbe={**_probe("/livez", SERVER_PORT, 10), "initialDelaySeconds": 10})
     deployment = {

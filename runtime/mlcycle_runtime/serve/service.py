@@ -1,13 +1,16 @@
 """The model server: a BentoML service that answers `POST /predict` for one model version.
 
 `bentoml serve mlcycle_runtime.serve.service:ModelServer` imports this module in each worker; the config comes
-from the file named by MLCYCLE_CONFIG (the entrypoint sets it). Requests are parsed and validated in `predict`,
-outside the batched method, so a bad request gets its 4xx before it can join (and spoil) a batch; good rows of
-up to `maxBatchSize` go through `score`, BentoML's adaptive batching, larger requests are scored at once.
+from the file named by MLCYCLE_CONFIG (the entrypoint sets it). A request is parsed, validated and encoded first,
+so a bad request gets its 4xx before it can join (and spoil) a batch; with batching on, requests of fewer than
+`maxBatchSize` rows are scored together by the worker's own adaptive batcher (`batcher.py`, no HTTP hop), larger
+ones at once. Each request is scored exactly once: a batch that fails is a 500 for its requests, counted and
+logged once with its cause.
 """
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -16,7 +19,6 @@ from typing import Any
 import anyio
 import bentoml
 import numpy as np
-from bentoml.exceptions import InvalidArgument
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -25,15 +27,17 @@ from mlcycle_runtime import config as cfg
 from mlcycle_runtime import metrics as names
 from mlcycle_runtime.features.store import EntityKeyError
 from mlcycle_runtime.model import LoadedModel, load_version
+from mlcycle_runtime.serve.batcher import Batcher, BatchFailed, Overloaded
 from mlcycle_runtime.serve.handler import VERSION_HEADER, Rejection, RequestHandler, decode_body, scores
 
 logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "MLCYCLE_CONFIG"
 WORKERS_ENV = "MLCYCLE_SERVE_WORKERS"
-# Requests this small are scored on the event loop: a thread hop costs more than the prediction.
+# Requests (and batches) this small are scored on the event loop: a thread hop costs more than the prediction.
 INLINE_ROWS = 64
-BATCH_SHED = names.SERVER_BATCH_SHED
+# Rows per batch, for the batch-size histogram.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 
 def settings() -> cfg.ServeConfig | None:
@@ -43,9 +47,6 @@ def settings() -> cfg.ServeConfig | None:
 
 
 _SETTINGS = settings()
-_BATCHING = _SETTINGS.batching if _SETTINGS else cfg.Batching()
-# BentoML needs max_batch_size >= 2; a "batch" of one is no batching.
-BATCHED = _BATCHING.enabled and _BATCHING.max_batch_size > 1
 
 
 class ServerMetrics:
@@ -65,8 +66,18 @@ class ServerMetrics:
                                ["version"], buckets=score_buckets, registry=registry).labels(version)
         self._errors = Counter(names.SERVER_ERRORS, "Requests refused, by reason", ["version", "reason"],
                                registry=registry)
-        self._shed = Counter(BATCH_SHED, "Calls the adaptive batcher shed (past maxLatencyMs), scored "
-                             "directly instead", ["version"], registry=registry).labels(version)
+        self._shed = Counter(names.SERVER_BATCH_SHED, "Requests refused with 503 because the batch queue was full",
+                             ["version"], registry=registry).labels(version)
+        self.batch_size = Histogram(names.SERVER_BATCH_SIZE, "Rows per batch the adaptive batcher scored",
+                                    ["version"], buckets=BATCH_BUCKETS, registry=registry).labels(version)
+        self.batch_wait = Histogram(names.SERVER_BATCH_WAIT, "Time a request waited in the batch queue",
+                                    ["version"], buckets=names.LATENCY_BUCKETS, registry=registry).labels(version)
+
+    # The batcher's observer.
+    def batch(self, rows: int, waits: list[float]) -> None:
+        self.batch_size.observe(rows)
+        for wait in waits:
+            self.batch_wait.observe(wait)
 
     def shed(self) -> None:
         self._shed.inc()
@@ -134,6 +145,11 @@ def _count_too_large() -> None:
     workers=int(os.environ.get(WORKERS_ENV, "1")),
     traffic={"timeout": 30},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
+    # A formatted log line per request costs more CPU than scoring one row; requests are counted on /metrics
+    # (here and in the router) and every refusal or failure is logged. Likewise an OpenTelemetry span per request
+    # (about a sixth of a one-row request's CPU) that no exporter is configured to send anywhere.
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": ["/predict", "/metrics", "/livez", "/readyz"]},
 )
 class ModelServer:
     """Serves one model version: loads it in __init__ (readyz stays false until then) and scores requests."""
@@ -162,10 +178,18 @@ class ModelServer:
         self.lookup = fetch_online_features
         if online is not None:
             warm_online_store(self.feature_repo)
-        self.batched = BATCHED and config.batching.enabled and config.batching.max_batch_size > 1
         self.metrics = ServerMetrics(card.version, score_buckets(self.model), registry)
+        batching = config.batching
+        self.batcher = (Batcher(self.model.predictor.predict, batching.max_batch_size,
+                                batching.max_latency_ms / 1000, observer=self.metrics, run=_run_scoring)
+                        if batching.enabled and batching.max_batch_size > 1 else None)
         global _metrics
         _metrics = self.metrics
+        if _SETTINGS is not None:  # a server worker, not a test or an import
+            # Everything loaded so far (BentoML, XGBoost, the model) lives as long as the worker: out of the
+            # collector's generations, a full collection under load scans only what requests allocate.
+            gc.collect()
+            gc.freeze()
         self.ready = True
 
     def __is_ready__(self) -> bool:
@@ -191,7 +215,12 @@ class ModelServer:
                 records = self.handler.records(decode_body(body) if body is not None else payload, header_version)
                 records = await self._with_online_features(records)
                 self.handler.validate(records)
-                predictions = await self._predict(records)
+                matrix = self.handler.encode(records)
+                if not self.model.predictor.accepts_missing and np.isnan(matrix).any():
+                    # Learners such as LogisticRegression refuse NaN (a null or an unseen category): that is the
+                    # request's doing, so it gets a 422 naming the values, before it can join a batch.
+                    raise self.handler.unscorable_missing(records, matrix)
+                predictions = await self._predict(matrix)
             except Rejection as rejection:
                 self.metrics.error(rejection.reason)
                 return rejection.status, rejection.body()
@@ -223,44 +252,26 @@ class ModelServer:
             raise unknown
         return merged
 
-    async def _predict(self, records: list[dict[str, Any]]) -> np.ndarray:
-        client = getattr(self, "to_async", None)  # set by BentoML when it runs the service
-        if self.batched and client is not None and len(records) <= self.config.batching.max_batch_size:
-            # Through this service's own client: that is the path BentoML batches across concurrent requests.
-            try:
-                return np.asarray(await client.score(records=records), dtype=np.float64)
-            except Exception as err:
-                # BentoML sheds a queued call that would exceed maxLatencyMs (a 503, or under load a dropped
-                # connection of its self-client). The records are validated and a few rows cost far less to
-                # score than to refuse: score them here rather than answer a 5xx.
-                self.metrics.shed()
-                logger.debug("batched call failed (%s); scoring %d record(s) directly", err, len(records))
-        if len(records) <= INLINE_ROWS:
-            return self._score(records)
-        return await anyio.to_thread.run_sync(self._score, records)
-
-    def _score(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
-        matrix = self.handler.encode(records)
+    async def _predict(self, matrix: np.ndarray) -> np.ndarray:
+        """Scores through the batcher when it is on and the request is smaller than a batch, else at once."""
         try:
-            return self.model.predictor.predict(matrix)
-        except ValueError:
-            # Learners such as LogisticRegression refuse NaN (a null or an unseen category): that is the request's
-            # doing, so it gets a 422 naming the values, not a 5xx.
-            if not np.isnan(matrix).any():
-                raise
-            raise self.handler.unscorable_missing(records, matrix) from None
+            if self.batcher is not None and len(matrix) < self.batcher.max_rows:
+                return await self.batcher.submit(matrix)
+            return await _run_scoring(lambda: self.model.predictor.predict(matrix), len(matrix))
+        except Overloaded as err:
+            raise Rejection(503, f"the server is overloaded: {err}; retry later", "shed") from None
+        except BatchFailed as err:  # logged by the batcher, once per batch; counted per request by handle()
+            raise Rejection(500, str(err), "scoring_failed") from None
+        except Exception as err:
+            logger.error("scoring %d row(s) failed: %s: %s", len(matrix), type(err).__name__, err)
+            raise Rejection(500, f"scoring failed: {type(err).__name__}: {err}", "scoring_failed") from None
 
-    @bentoml.api(batchable=True, max_batch_size=max(2, _BATCHING.max_batch_size),
-                 max_latency_ms=_BATCHING.max_latency_ms)
-    def score(self, records: list[dict[str, Any]]) -> list[Any]:
-        """The batched path behind /predict: records of many requests scored as one matrix (validated already)."""
-        problems = [p for r in records for p in self.handler.schema.problems(r)]
-        if problems:  # only a direct caller of /score gets here: /predict validated its records
-            raise InvalidArgument("; ".join(problems[:20]))
-        try:
-            return self._score(records).tolist()
-        except Rejection as rejection:
-            raise InvalidArgument(f"{rejection.error}: {'; '.join(rejection.fields)}") from None
+
+async def _run_scoring(score: Callable[[], np.ndarray], rows: int) -> np.ndarray:
+    """Small matrices are scored on the event loop; big ones in a thread, so the loop keeps reading requests."""
+    if rows <= INLINE_ROWS:
+        return score()
+    return await anyio.to_thread.run_sync(score)
 
 
 # A body over the limit gets 413 before BentoML reads it all (PredictInput reads the whole body into memory).

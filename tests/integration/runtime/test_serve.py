@@ -55,8 +55,8 @@ def make_version(root: Path, framework: str, version: str | None = None) -> str:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen, url: str, model: LoadedModel, log: Path) -> None:
-        self.process, self.url, self.model, self.log = process, url, model, log
+    def __init__(self, process: subprocess.Popen, url: str, model: LoadedModel, log: Path, batched: bool) -> None:
+        self.process, self.url, self.model, self.log, self.batched = process, url, model, log, batched
 
 
 def start(tmp: Path, uri: str, env: dict[str, str], batching: dict) -> Server:
@@ -72,7 +72,7 @@ def start(tmp: Path, uri: str, env: dict[str, str], batching: dict) -> Server:
                                         "--host", "127.0.0.1"], env, url, log, timeout=START_TIMEOUT)
     except server_process.NotReady as err:
         pytest.fail(f"the model server: {err}")
-    return Server(process, url, load_version(uri), log)
+    return Server(process, url, load_version(uri), log, bool(batching.get("enabled")))
 
 
 stop = server_process.stop_group
@@ -131,6 +131,36 @@ def test_concurrent_single_row_requests_each_get_their_own_answer(server):
         answers = list(pool.map(lambda r: client.post(f"{server.url}/predict", json={"records": [r]}), records))
     assert [a.status_code for a in answers] == [200] * len(records)
     np.testing.assert_allclose([a.json()["predictions"][0] for a in answers], want, rtol=1e-6)
+
+
+def metric(text: str, name: str) -> float:
+    """The sum of a series' samples across label sets (0 when absent)."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_concurrent_requests_over_http_are_scored_in_batches_only_where_batching_is_on(server):
+    import asyncio
+
+    before = httpx.get(f"{server.url}/metrics").text
+    records = rows(64, seed=4)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(client.post(f"{server.url}/predict", json={"records": [r]})
+                                          for r in records))
+
+    answers = asyncio.run(main())
+    assert [a.status_code for a in answers] == [200] * len(records)
+    # Batched answers are the predictor's own, row for row (float32 trees: identical, not merely close).
+    assert [a.json()["predictions"][0] for a in answers] == expected(server, records).tolist()
+    after = httpx.get(f"{server.url}/metrics").text
+    scored = metric(after, "mlcycle_server_batch_size_sum") - metric(before, "mlcycle_server_batch_size_sum")
+    batches = metric(after, "mlcycle_server_batch_size_count") - metric(before, "mlcycle_server_batch_size_count")
+    if not server.batched:  # the sklearn server: every request scored on its own, nothing queued
+        assert (scored, batches) == (0, 0)
+        return
+    assert scored == len(records), f"{scored} rows went through the batcher, {len(records)} were sent"
+    assert batches < scored, f"{batches} batches for {scored} rows: no batch held more than one request"
 
 
 GOOD = {"tenure_months": 3, "monthly_charges": 80.5, "support_calls": 2, "data_usage_gb": 4.0,

@@ -279,3 +279,55 @@ def test_an_online_store_failure_is_a_503_saying_so():
     srv.lookup = lookup
     status, answer = call(srv, {"records": [{"customer_id": 7}]})
     assert status == 503 and "refused the connection" in answer["error"]
+
+
+def concurrent(srv: ModelServer, bodies: list[bytes]) -> list[tuple[int, dict]]:
+    """The bodies handled concurrently on one event loop, as a worker's requests are."""
+    async def main():
+        return await asyncio.gather(*(srv.handle(b) for b in bodies))
+
+    return asyncio.run(main())
+
+
+def one_row_bodies(n: int) -> list[bytes]:
+    return [json.dumps({"records": [{"monthly_charges": float(c), "tenure_months": int(t), "plan": p}]}).encode()
+            for c, t, p in FRAME.head(n).itertuples(index=False)]
+
+
+def test_concurrent_requests_are_scored_in_batches_with_the_answers_unbatched_scoring_gives():
+    bodies = one_row_bodies(40)
+    batched = server(batching={"enabled": True, "maxBatchSize": 16, "maxLatencyMs": 5})
+    plain = server(batching={"enabled": False})
+    got = concurrent(batched, bodies)
+    want = [call(plain, b) for b in bodies]
+    assert got == want  # identical, not merely close
+    sizes = batched.metrics.batch_size._sum.get(), sum(b.get() for b in batched.metrics.batch_size._buckets)
+    assert sizes[0] == 40 and sizes[1] < 40, f"{sizes[1]} batches for 40 rows: nothing was batched"
+    assert sum(b.get() for b in batched.metrics.batch_wait._buckets) == 40  # one queue wait per request
+    assert plain.batcher is None and sum(b.get() for b in plain.metrics.batch_size._buckets) == 0
+
+
+class Exploding:
+    """A learner whose every prediction fails, counting its calls."""
+
+    calls = 0
+
+    def inplace_predict(self, matrix):
+        Exploding.calls += 1
+        raise RuntimeError("out of cheese")
+
+    def set_param(self, params):
+        pass
+
+
+def test_a_failing_batch_is_a_500_for_each_request_counted_once_each_and_never_scored_again():
+    model = loaded()
+    broken = LoadedModel(model.card, model.reference, Predictor(Exploding(), "xgboost", "binary"))
+    srv = server(broken, batching={"enabled": True, "maxBatchSize": 16, "maxLatencyMs": 5})
+    Exploding.calls = 0
+    answers = concurrent(srv, one_row_bodies(6))
+    assert [status for status, _ in answers] == [500] * 6
+    assert "RuntimeError: out of cheese" in answers[0][1]["error"]
+    assert srv.metrics._errors.labels("v1", "scoring_failed")._value.get() == 6
+    assert Exploding.calls < 6  # batched: fewer calls than requests, and no request scored a second time
+    assert srv.metrics.predictions._value.get() == 0
