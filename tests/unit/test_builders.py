@@ -827,6 +827,15 @@ def test_a_model_server_runs_one_worker_per_whole_cpu_of_its_limit(cpu, workers)
     assert container["resources"]["limits"]["cpu"] == str(cpu)
 
 
+def test_a_model_server_with_a_gpu_is_told_to_score_on_it_and_one_without_is_not():
+    def env(gpu: int) -> list[dict]:
+        [container] = containers(version_children(md_spec(serving={"resources": {"gpu": gpu}}))["Deployment"])
+        return container["env"]
+
+    assert {"name": "MLCYCLE_DEVICE", "value": "cuda"} in env(1)
+    assert not any(var["name"] == "MLCYCLE_DEVICE" for var in env(0))
+
+
 def test_the_config_hash_annotation_follows_the_server_config():
     children = version_children()
     annotations = children["Deployment"]["spec"]["template"]["metadata"]["annotations"]

@@ -47,11 +47,12 @@ class ModelRef(ApiModel):
 
 
 class Batching(ApiModel):
-    """BentoML adaptive batching."""
+    """Adaptive batching inside each server worker: concurrent requests scored as one matrix."""
 
-    enabled: bool = Field(True, description="Batch concurrent requests.")
-    max_batch_size: int = Field(64, ge=1, le=10000, description="Largest batch.")
-    max_latency_ms: int = Field(10, ge=1, le=60000, description="Longest a request waits for a batch.")
+    enabled: bool = Field(True, description="Batch concurrent requests (a quiet server scores each at once).")
+    max_batch_size: int = Field(32, ge=1, le=10000, description="Most rows in a batch; larger requests are "
+                                                               "scored on their own. 1 turns batching off.")
+    max_latency_ms: int = Field(5, ge=1, le=60000, description="Longest a request waits for a batch to fill.")
 
 
 class Autoscaling(ApiModel):

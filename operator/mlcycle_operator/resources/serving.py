@@ -104,7 +104,8 @@ def deployment_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str, 
         "model-server", image, project_spec.defaults.image_pull_policy, common.resource_requirements(serving.resources),
         mounts, command=common.runtime_command("serve"), port=SERVER_PORT,
         env=[*common.downward_env(), {"name": "BENTOML_HOME", "value": "/tmp/bentoml"},
-             {"name": "MLCYCLE_SERVE_WORKERS", "value": str(server_workers(serving.resources))}],
+             {"name": "MLCYCLE_SERVE_WORKERS", "value": str(server_workers(serving.resources))},
+             *([{"name": "MLCYCLE_DEVICE", "value": "cuda"}] if serving.resources.gpu else [])],
         env_from=project.storage_env_from(project_spec), readinessProbe=_probe("/readyz", SERVER_PORT),
         livenessProbe={**_probe("/livez", SERVER_PORT, 10), "initialDelaySeconds": 10})
     deployment = {

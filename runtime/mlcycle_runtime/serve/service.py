@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 CONFIG_ENV = "MLCYCLE_CONFIG"
 WORKERS_ENV = "MLCYCLE_SERVE_WORKERS"
+DEVICE_ENV = "MLCYCLE_DEVICE"
 # Requests (and batches) this small are scored on the event loop: a thread hop costs more than the prediction.
 INLINE_ROWS = 64
 # Rows per batch, for the batch-size histogram.
@@ -89,6 +90,28 @@ class ServerMetrics:
         self.predictions.inc(len(predictions))
         for value in scores(predictions):
             self.score.observe(float(value))
+
+
+def scoring_device(env: Mapping[str, str], framework: str, cuda_built: bool | None = None) -> str:
+    """Where the learner scores: `cuda` when the pod was given a GPU (the operator sets MLCYCLE_DEVICE=cuda for a
+    deployment with `resources.gpu`), else `cpu`. A GPU the model cannot use is a config error, not a silent CPU.
+    XGBoost's CUDA and CPU predictions agree to 1e-5 (float32 sums in another order)."""
+    device = env.get(DEVICE_ENV, "cpu").strip().lower() or "cpu"
+    if device not in ("cpu", "cuda"):
+        raise cfg.ConfigError(f"{DEVICE_ENV}: expected cpu or cuda, got {device!r}")
+    if device == "cpu":
+        return device
+    if framework != "xgboost":
+        raise cfg.ConfigError(f"{DEVICE_ENV}=cuda: {framework} models score on CPU only; serve this version "
+                              "without a GPU")
+    if cuda_built is None:
+        import xgboost
+
+        cuda_built = bool(xgboost.build_info().get("USE_CUDA"))
+    if not cuda_built:
+        raise cfg.ConfigError(f"{DEVICE_ENV}=cuda, but this image's XGBoost was built without CUDA: build the "
+                              "runtime image on a CUDA base (docs/runtime.md)")
+    return device
 
 
 def score_buckets(model: LoadedModel) -> list[float]:
@@ -165,10 +188,11 @@ class ModelServer:
         self.config = config
         self.model = loader(config.model.uri)
         card = self.model.card
+        device = scoring_device(os.environ, card.framework)
         if card.framework == "xgboost":
             # XGBoost's default of one OpenMP thread per core costs ~10 ms of thread wake-up per one-row call on a
             # busy 2-core node (0.4 ms with one thread); a server scales by workers, one per core.
-            self.model.predictor.learner.set_param({"nthread": 1})
+            self.model.predictor.learner.set_param({"nthread": 1, "device": device})
         if config.model.version and config.model.version != card.version:
             raise cfg.ConfigError(f"model.version: {config.model.version!r} was asked for, but {config.model.uri} "
                                   f"holds version {card.version!r}")

@@ -24,7 +24,7 @@ from mlcycle_runtime import reference
 from mlcycle_runtime.model import LoadedModel, ModelCard, Predictor
 from mlcycle_runtime.schema import FeatureSchema
 from mlcycle_runtime.serve import handler as h
-from mlcycle_runtime.serve.service import ModelServer, score_buckets
+from mlcycle_runtime.serve.service import ModelServer, score_buckets, scoring_device
 
 RNG = np.random.default_rng(3)
 FRAME = pd.DataFrame({"monthly_charges": RNG.uniform(20, 120, 300), "tenure_months": RNG.integers(0, 72, 300),
@@ -331,3 +331,43 @@ def test_a_failing_batch_is_a_500_for_each_request_counted_once_each_and_never_s
     assert srv.metrics._errors.labels("v1", "scoring_failed")._value.get() == 6
     assert Exploding.calls < 6  # batched: fewer calls than requests, and no request scored a second time
     assert srv.metrics.predictions._value.get() == 0
+
+
+@pytest.mark.parametrize(("env", "framework", "built", "device"), [
+    ({}, "xgboost", True, "cpu"),
+    ({"MLCYCLE_DEVICE": ""}, "sklearn", False, "cpu"),
+    ({"MLCYCLE_DEVICE": "cpu"}, "sklearn", True, "cpu"),
+    ({"MLCYCLE_DEVICE": "cuda"}, "xgboost", True, "cuda"),
+    ({"MLCYCLE_DEVICE": " CUDA "}, "xgboost", True, "cuda"),
+])
+def test_the_scoring_device_follows_the_pods_gpu(env, framework, built, device):
+    assert scoring_device(env, framework, cuda_built=built) == device
+
+
+@pytest.mark.parametrize(("env", "framework", "built", "reason"), [
+    ({"MLCYCLE_DEVICE": "tpu"}, "xgboost", True, "expected cpu or cuda, got 'tpu'"),
+    ({"MLCYCLE_DEVICE": "cuda"}, "sklearn", True, "sklearn models score on CPU only"),
+    ({"MLCYCLE_DEVICE": "cuda"}, "xgboost", False, "built without CUDA"),
+])
+def test_a_gpu_the_model_cannot_use_is_a_config_error_not_a_silent_cpu(env, framework, built, reason):
+    with pytest.raises(cfg.ConfigError, match=reason):
+        scoring_device(env, framework, cuda_built=built)
+
+
+def _cuda_device() -> bool:
+    import shutil
+    import subprocess
+
+    if not xgb.build_info().get("USE_CUDA") or shutil.which("nvidia-smi") is None:
+        return False
+    return subprocess.run(["nvidia-smi", "-L"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _cuda_device(), reason="no CUDA GPU on this machine: GPU and CPU scores are compared "
+                                               "only where one is")
+def test_gpu_and_cpu_scores_agree_to_the_stated_tolerance():
+    model = loaded()
+    matrix = SCHEMA.encode_frame(FRAME)
+    on_cpu = model.predictor.predict(matrix)
+    model.predictor.learner.set_param({"device": "cuda"})
+    np.testing.assert_allclose(model.predictor.predict(matrix), on_cpu, atol=1e-5, rtol=0)
