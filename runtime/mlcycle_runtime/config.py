@@ -216,6 +216,13 @@ class Route(ConfigModel):
     url: str
 
 
+class PredictionLog(ConfigModel):
+    uri: str = Field(min_length=1)
+    sample_rate: float = Field(gt=0, le=1)
+    flush_seconds: float = Field(60.0, gt=0)
+    entity_keys: list[str] = Field(default_factory=list)
+
+
 class RouterConfig(ConfigModel):
     kind: Literal["ModelDeployment"] = "ModelDeployment"
     name: str
@@ -225,6 +232,7 @@ class RouterConfig(ConfigModel):
     routes: list[Route] = Field(default_factory=list)
     reference_uri: str | None = None
     max_request_bytes: int = Field(DEFAULT_MAX_REQUEST_BYTES, ge=1)
+    prediction_log: PredictionLog | None = None
 
 
 class DriftTest(ConfigModel):

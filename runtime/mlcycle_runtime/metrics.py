@@ -6,6 +6,8 @@ ROUTER_DURATION = "mlcycle_router_request_duration_seconds"
 ROUTER_SHADOW = "mlcycle_router_shadow_comparisons_total"
 # Live requests binned against the reference edges; feature "prediction" holds the model's scores.
 ROUTER_FEATURE_BINS = "mlcycle_router_feature_values_total"
+# Rows of sampled answers by what became of them: written, or dropped (buffer_full, write_failed, disabled).
+ROUTER_PREDICTION_LOG = "mlcycle_router_prediction_log_rows_total"
 
 # Model server (labels: version [, endpoint, code]).
 SERVER_PREDICTIONS = "mlcycle_server_predictions_total"

@@ -151,6 +151,21 @@ def publish(local_dir: str | Path, uri: str) -> None:
             marker.write("\n".join(f.name for f in files) + "\n")
 
 
+def put_file(local: str | Path, uri: str) -> None:
+    """Copy one finished file to `uri` so that no reader sees it half-written: on S3 one PUT (an object appears
+    whole), elsewhere a dot-named copy beside the target renamed into place."""
+    with _s3_errors(uri):
+        fs, path = _fs(uri)
+        if _is_s3(uri):
+            fs.put_file(str(local), path)
+            return
+        parent, name = path.rsplit("/", 1)
+        fs.makedirs(parent, exist_ok=True)
+        partial = f"{parent}/.{name}.partial"
+        fs.put_file(str(local), partial)
+        fs.mv(partial, path)
+
+
 def exists(uri: str) -> bool:
     with _s3_errors(uri):
         fs, path = _fs(uri)

@@ -819,6 +819,19 @@ def test_the_deployment_rolls_without_losing_capacity_and_probes_the_server():
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": serving.SERVER_PORT}
 
 
+def test_the_router_logs_predictions_only_when_asked_under_the_projects_storage_by_default():
+    def log_config(**changes):
+        built = serving.router_config_map(md_spec(**changes), MD_META, [], None, project_spec())
+        return config_data(built).get("predictionLog")
+
+    assert log_config() is None
+    assert log_config(logging={"sampleRate": 0.25, "flushInterval": "2m"}, **ONLINE_FEATURES) == {
+        "uri": project_spec().storage.uri.rstrip("/") + "/predictions", "sampleRate": 0.25, "flushSeconds": 120.0,
+        "entityKeys": ["customer_id"]}
+    assert log_config(logging={"uri": "s3://logs/churn", "entityKeys": ["account"]}) == {
+        "uri": "s3://logs/churn", "sampleRate": 1.0, "flushSeconds": 60.0, "entityKeys": ["account"]}
+
+
 @pytest.mark.parametrize(("cpu", "workers"), [("500m", 1), ("1", 1), ("1500m", 1), ("2", 2), ("4", 4), (3, 3)])
 def test_a_model_server_runs_one_worker_per_whole_cpu_of_its_limit(cpu, workers):
     deployment = version_children(md_spec(serving={"resources": {"cpu": cpu}}))["Deployment"]

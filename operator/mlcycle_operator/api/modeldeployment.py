@@ -203,6 +203,22 @@ class Strategy(ApiModel):
     )
 
 
+class PredictionLogging(ApiModel):
+    """A sample of answered requests written by the router as Parquet, for labels that arrive later to be joined
+    to: time, version, role, request id, entity keys, the record and the prediction, partitioned by deployment and
+    hour. Off unless set; written off the request path (slow or failed storage drops rows, counted, never an
+    answer)."""
+
+    sample_rate: float = Field(1.0, gt=0, le=1, description="Share of answered requests logged, 0 < rate <= 1.")
+    uri: str | None = Field(None, pattern=STORAGE_URI_PATTERN,
+                            description="Where the log is written (s3://, pvc:// on the project's claim, file://); "
+                                        "default: the project's storage under predictions/.")
+    flush_interval: PositiveDuration = Field("60s", description="How often buffered rows are written.")
+    entity_keys: list[Text] = Field(default_factory=list, max_length=16,
+                                    description="Record fields written as their own columns, to join labels on; "
+                                                "default: serving.onlineFeatures.entityKeys.")
+
+
 class ModelDeploymentSpec(ApiModel):
     """Desired state of a ModelDeployment."""
 
@@ -213,6 +229,7 @@ class ModelDeploymentSpec(ApiModel):
     service: RouterService = Field(default_factory=RouterService,
                                    description="How the router's Service is exposed.")
     service_monitor: bool = Field(False, description="Create a ServiceMonitor when its CRD exists.")
+    logging: PredictionLogging | None = Field(None, description="Log a sample of predictions (off by default).")
 
 
 class VersionTraffic(ApiModel):

@@ -243,7 +243,7 @@ def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kop
                 children.append(child)
         stable = known.get(decision.stable_version) if decision.stable_version else None
         children += [
-            builders.router_config_map(md, meta, decision.traffic, stable.uri if stable else None),
+            builders.router_config_map(md, meta, decision.traffic, stable.uri if stable else None, project_spec),
             builders.router_deployment(md, meta, project_spec, image),
             builders.router_service(md, meta),
         ]

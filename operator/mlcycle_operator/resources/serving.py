@@ -22,6 +22,10 @@ def version_name(deployment: str, version: str) -> str:
     return common.child_name(deployment, "v", version)
 
 
+# Under the project's storage, where routers write the prediction log unless logging.uri says otherwise.
+PREDICTION_LOG_PATH = "predictions"
+
+
 def router_name(deployment: str) -> str:
     return common.child_name(deployment, "router")
 
@@ -193,9 +197,21 @@ def pdb_for_version(spec: ModelDeploymentSpec, meta: Meta, version: str) -> dict
     }
 
 
+def prediction_log(spec: ModelDeploymentSpec, project_spec: MLProjectSpec) -> dict[str, Any] | None:
+    """What the router's prediction log needs: where, how much, how often, which columns to key on."""
+    logging = spec.logging
+    if logging is None:
+        return None
+    online = spec.serving.online_features
+    return {"uri": logging.uri or project_spec.storage.uri.rstrip("/") + "/" + PREDICTION_LOG_PATH,
+            "sampleRate": logging.sample_rate, "flushSeconds": parse_duration(logging.flush_interval),
+            "entityKeys": list(logging.entity_keys or (online.entity_keys if online else []))}
+
+
 def router_config(spec: ModelDeploymentSpec, meta: Meta, traffic: list[VersionTraffic],
-                  reference_uri: str | None) -> dict[str, Any]:
+                  reference_uri: str | None, project_spec: MLProjectSpec | None = None) -> dict[str, Any]:
     """The router's routing table; it also watches its ModelDeployment and applies changes live."""
+    log = prediction_log(spec, project_spec) if project_spec is not None else None
     return {
         "kind": KIND,
         "name": meta.name,
@@ -210,14 +226,15 @@ def router_config(spec: ModelDeploymentSpec, meta: Meta, traffic: list[VersionTr
         # Bin edges of the reference data, so request features are histogrammed for drift.
         "referenceUri": reference_uri,
         "maxRequestBytes": max_request_bytes(spec),
+        **({"predictionLog": log} if log is not None else {}),
     }
 
 
 def router_config_map(spec: ModelDeploymentSpec, meta: Meta, traffic: list[VersionTraffic],
-                      reference_uri: str | None) -> dict[str, Any]:
+                      reference_uri: str | None, project_spec: MLProjectSpec | None = None) -> dict[str, Any]:
     return common.config_map(
         router_name(meta.name), meta.namespace, common.labels(KIND, meta.name, "router", project=spec.project),
-        {common.CONFIG_FILE: common.config_json(router_config(spec, meta, traffic, reference_uri))},
+        {common.CONFIG_FILE: common.config_json(router_config(spec, meta, traffic, reference_uri, project_spec))},
     )
 
 

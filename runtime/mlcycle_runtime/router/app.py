@@ -26,6 +26,7 @@ from mlcycle_runtime import storage
 from mlcycle_runtime.config import RouterConfig
 from mlcycle_runtime.reference import Reference
 
+from . import predlog
 from . import table as tables
 from .endpoints import Endpoints, Slice
 from .telemetry import RouterMetrics
@@ -44,6 +45,7 @@ REFERENCE_RETRY_ENV = "MLCYCLE_ROUTER_REFERENCE_RETRY_S"
 SHADOW_CONCURRENCY = 64
 SHADOW_TIMEOUT_SECONDS = 10.0
 PREDICT_PATH = "/predict"
+REQUEST_ID = b"x-request-id"
 LOCAL_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 # Hop-by-hop headers (RFC 9110 §7.6.1), those the client library recomputes, and Expect (the body is already
 # read, so there is nothing to continue).
@@ -51,6 +53,14 @@ DROP_HEADERS = frozenset({b"connection", b"keep-alive", b"proxy-authenticate", b
                           b"trailer", b"trailers", b"transfer-encoding", b"upgrade", b"host", b"content-length",
                           b"expect"})
 JSON_HEADERS = [(b"content-type", b"application/json")]
+
+
+def log_settings(config: RouterConfig) -> predlog.Settings | None:
+    log_config = config.prediction_log
+    if log_config is None:
+        return None
+    return predlog.Settings(log_config.uri, log_config.sample_rate, log_config.flush_seconds,
+                            tuple(log_config.entity_keys))
 
 
 class NoUpstream(Exception):
@@ -79,6 +89,7 @@ class Router:
         self.timeout = _float_env(TIMEOUT_ENV, 30.0)
         self.reference_retry = _float_env(REFERENCE_RETRY_ENV, 30.0)
         self.metrics = RouterMetrics(config.namespace, config.name)
+        self.predictions = predlog.PredictionLog(config.name, log_settings(config), self.metrics.prediction_log_rows)
         self.table = tables.from_config(config)
         self.traffic: list[dict[str, Any]] = []
         self.endpoints: Endpoints | None = Endpoints(config.namespace) if self.watch_cluster else None
@@ -101,6 +112,7 @@ class Router:
     def set_config(self, config: RouterConfig) -> None:
         self.config = config
         self.sticky = config.sticky_header.lower().encode("latin-1")
+        self.predictions.configure(log_settings(config))
         self._rebuild()
         if self.wanted_reference != self.reference_uri:
             self._reference_wanted.set()
@@ -175,6 +187,7 @@ class Router:
             timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 2.0)),
             skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept"))
         self._spawn(self._load_reference())
+        self._spawn(self.predictions.run())
         if self.config_path:
             self._spawn(FileWatcher(self.config_path, self.set_config).run())
         if self.watch_cluster:
@@ -240,7 +253,7 @@ class Router:
     async def _proxy(self, scope: Scope, receive: Receive, send: Send) -> None:
         start = time.perf_counter()
         body = await _read_body(receive)
-        headers, sticky = self._forward_headers(scope["headers"])
+        headers, sticky, rid = self._forward_headers(scope["headers"])
         method = scope["method"]
         target = scope.get("raw_path") or scope["path"].encode()
         if scope["query_string"]:
@@ -263,21 +276,29 @@ class Router:
                                                            f"{self.timeout:g}s"}).encode(), JSON_HEADERS)
             return
         out_headers.append((self.sticky, answered.version.encode("latin-1")))
+        out_headers.append((REQUEST_ID, rid.encode("latin-1")))
         await _respond(send, status, content, out_headers)
         if status == 200 and method == "POST" and scope["path"] == PREDICT_PATH:
-            self._after_predict(table, answered, headers, body, content)
+            self._after_predict(table, answered, headers, body, content, rid)
 
-    def _forward_headers(self, raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], str | None]:
+    def _forward_headers(self, raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[str, str]], str | None, str]:
+        """The headers to pass upstream, the sticky version asked for, and the request's id (the client's
+        x-request-id when it is a sane one, else a new one), which goes upstream and back to the client."""
         sticky_name = self.sticky
-        sticky = None
+        sticky = given = None
         headers = []
         for name, value in raw:
             if name in DROP_HEADERS:
                 continue
             if name == sticky_name:
                 sticky = value.decode("latin-1")
+            if name == REQUEST_ID:
+                given = value.decode("latin-1")
+                continue
             headers.append((name.decode("latin-1"), value.decode("latin-1")))
-        return headers, sticky
+        rid = predlog.request_id(given)
+        headers.append(("x-request-id", rid))
+        return headers, sticky, rid
 
     def _base(self, route: tables.Route) -> str:
         return self.endpoints.pick(route.url) if self.endpoints is not None else route.url
@@ -323,9 +344,10 @@ class Router:
     # --- after the answer: binning and mirroring -------------------------------------------------------------
 
     def _after_predict(self, table: tables.RoutingTable, answered: tables.Route, headers: list[tuple[str, str]],
-                       body: bytes, content: bytes) -> None:
+                       body: bytes, content: bytes, rid: str) -> None:
         mirrors = table.mirrors(answered, random.random)
-        if not mirrors and not self.metrics.binning:
+        logged = self.predictions.sampled()
+        if not mirrors and not self.metrics.binning and not logged:
             return
         try:
             records = json.loads(body).get("records")
@@ -338,14 +360,16 @@ class Router:
             self.metrics.observe_predict(answered.version, records, predictions)
         except Exception:  # binning must never affect routing; a bug here shows in the log, not in the answers
             log.exception("binning a request failed")
+        if logged:
+            self.predictions.add(answered.version, answered.role, rid, records, predictions)
         for route in mirrors:
             if self._shadows_in_flight >= SHADOW_CONCURRENCY:
                 break
             self._shadows_in_flight += 1
-            self._spawn(self._mirror(route, headers, body, predictions))
+            self._spawn(self._mirror(route, headers, body, predictions, (rid, records) if logged else None))
 
     async def _mirror(self, route: tables.Route, headers: list[tuple[str, str]], body: bytes,
-                      answer: list[Any]) -> None:
+                      answer: list[Any], logged: tuple[str, list[Any]] | None = None) -> None:
         start = time.perf_counter()
         try:
             status, _, content = await self._send(route, "POST", PREDICT_PATH, headers, body, self._shadow_timeout)
@@ -356,6 +380,8 @@ class Router:
             predictions = json.loads(content)["predictions"]
             same = tables.agree(answer, predictions, self.tolerance)
             self.metrics.shadow(route.version, "agree" if same else "disagree")
+            if logged is not None:  # the shadow's answer to a logged request, beside the one the client got
+                self.predictions.add(route.version, "shadow", logged[0], logged[1], predictions)
         except asyncio.CancelledError:
             raise
         except Exception as err:

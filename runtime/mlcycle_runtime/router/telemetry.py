@@ -28,6 +28,9 @@ class RouterMetrics:
                                registry=self.registry)
         self._bins = Counter(metrics.ROUTER_FEATURE_BINS, "Live values per feature and reference bin ('prediction' "
                              "holds the model's scores).", [*labels, "feature", "bin"], registry=self.registry)
+        self._log_rows = Counter(metrics.ROUTER_PREDICTION_LOG, "Rows of sampled answers for the prediction log, by "
+                                 "outcome: written, or dropped (buffer_full, write_failed, disabled).",
+                                 ["namespace", "deployment", "outcome"], registry=self.registry)
         self._request_children: dict[tuple[str, str], Any] = {}
         self._duration_children: dict[str, Any] = {}
         self._shadow_children: dict[tuple[str, str], Any] = {}
@@ -47,6 +50,9 @@ class RouterMetrics:
             if hist is None:
                 hist = self._duration_children[version] = self._duration.labels(*self._base, version)
             hist.observe(seconds)
+
+    def prediction_log_rows(self, outcome: str, rows: int) -> None:
+        self._log_rows.labels(*self._base, outcome).inc(rows)
 
     def shadow(self, version: str, result: str) -> None:
         key = (version, result)

@@ -616,3 +616,56 @@ def test_follows_modeldeployment_status_and_endpointslices(tmp, pod_upstreams, c
 
 if __name__ == "__main__":
     serve_upstream()
+
+
+def test_the_prediction_log_holds_each_sampled_answer_with_its_request_id(tmp, upstreams):
+    import pyarrow.dataset as ds
+
+    root = tmp / "predlog"
+    config = {"name": "churn", "namespace": "ml",
+              "routes": [route("v1", 100, "stable", upstreams["v1"].url),
+                         route("v3", 0, "candidate", upstreams["v3"].url, shadow=100)],
+              "predictionLog": {"uri": f"file://{root}", "sampleRate": 1.0, "flushSeconds": 0.5,
+                                "entityKeys": ["plan"]}}
+    proc = RouterProc(tmp, config, name="predlog")
+    try:
+        proc.proc.wait_http(f"{proc.url}/readyz")
+        mine = send_many(proc.url, 10, headers={"x-request-id": "client-abc"}, concurrency=1)
+        new = send_many(proc.url, 20)
+        assert {r.status_code for r in mine + new} == {200}
+        assert {r.headers["x-request-id"] for r in mine} == {"client-abc"}
+        ids = {r.headers["x-request-id"] for r in new}
+        assert len(ids) == 20 and "client-abc" not in ids  # one new id per request
+        # 30 answers x 2 records, each once from the stable version and once from the shadow.
+        wait_for(lambda: value(proc.metrics(), "mlcycle_router_prediction_log_rows_total", outcome="written")
+                 == 120, 15, "120 logged rows written")
+        rows = ds.dataset(root, format="parquet", partitioning="hive").to_table().to_pylist()
+        assert len(rows) == 120 and {r["deployment"] for r in rows} == {"churn"}
+        assert {(r["version"], r["role"], r["prediction"]) for r in rows} == {("v1", "stable", 0.30),
+                                                                              ("v3", "shadow", 0.33)}
+        assert {r["request_id"] for r in rows} == ids | {"client-abc"}
+        assert sorted((r["row"], r["plan"], json.loads(r["features"])["tenure"]) for r in rows
+                      if r["role"] == "stable" and r["request_id"] == next(iter(ids))) == [(0, "pro", 15),
+                                                                                           (1, "gold", 35)]
+        assert not [p for p in root.rglob("*") if p.name.startswith(".")]  # no partial file left behind
+    finally:
+        proc.stop()
+
+
+def test_storage_that_is_down_costs_logged_rows_never_an_answer(tmp, upstreams):
+    blocker = tmp / "not-a-directory"
+    blocker.write_text("the log's directory cannot be made under a file")
+    config = {"name": "churn", "namespace": "ml", "routes": [route("v1", 100, "stable", upstreams["v1"].url)],
+              "predictionLog": {"uri": f"file://{blocker}/predictions", "sampleRate": 1.0, "flushSeconds": 0.2}}
+    proc = RouterProc(tmp, config, name="predlog-down")
+    try:
+        proc.proc.wait_http(f"{proc.url}/readyz")
+        for _ in range(3):
+            assert {r.status_code for r in send_many(proc.url, 10)} == {200}
+            time.sleep(0.3)
+        wait_for(lambda: value(proc.metrics(), "mlcycle_router_prediction_log_rows_total", outcome="write_failed")
+                 == 60, 10, "60 rows counted as write_failed")
+        assert value(proc.metrics(), "mlcycle_router_prediction_log_rows_total", outcome="written") == 0
+        assert proc.proc.log.read_text().count("cannot write to") == 1  # once per outage, with its cause
+    finally:
+        proc.stop()
