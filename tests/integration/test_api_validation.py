@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "examples" / "churn" / "manifests"
 EXAMPLES = {m["kind"]: m for m in (yaml.safe_load(p.read_text()) for p in sorted(MANIFESTS.glob("*.yaml")))}
 PLURALS = {"MLProject": "mlprojects", "TrainingJob": "trainingjobs",
-           "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors"}
+           "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors",
+           "BatchPrediction": "batchpredictions"}
 DELETE = object()
 
 
