@@ -74,7 +74,8 @@ def _resolve(bp: BatchPredictionSpec, meta: Meta, project_spec: MLProjectSpec,
              cache: Cache) -> dict[str, Any] | None:
     """The version runs score with: the pinned one, or the newest gated one of a tracked model; None when none."""
     jobs = cache.members("TrainingJob", meta.namespace, bp.project) if bp.model.track else []
-    versions = available_versions(bp, meta, project_spec, jobs)  # type: ignore[arg-type]  (same model and project)
+    # ModelDeployment's resolution, as the docs promise: a BatchPrediction has the same model and project fields.
+    versions = available_versions(bp, meta, project_spec, jobs)  # type: ignore[arg-type]
     if not versions:
         return None
     chosen = versions[-1]
@@ -165,8 +166,9 @@ def batchprediction_report(body: kopf.Body, status: kopf.Status, patch: kopf.Pat
 
 
 def _worth_reading(job: dict[str, Any] | None) -> bool:
-    """Pods explain a Job that has no ready pod or has failures; a running, ready one has nothing to say."""
-    if job is None:
+    """Pods explain a Job that has failures, or is not yet running (pull, scheduling); a running, ready one or a
+    complete one has nothing to say (a schedule's last run is looked at every 30 s)."""
+    if job is None or batchstatus.job_completed_at(job) is not None:
         return False
     state = job.get("status") or {}
     return not state.get("ready") or bool(state.get("failed"))
