@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -244,3 +245,16 @@ def test_memory_is_bounded_by_the_batch_size_not_the_input(tmp_path):
         assert probe["code"] == 0 and probe["rows"] == n
         growth[n] = probe["growth"]
     assert growth[500_000] < growth[50_000] + 4 * 2**20, {n: f"{g / 2**20:.1f} MiB" for n, g in growth.items()}
+
+
+def test_a_config_that_does_not_validate_is_reported_where_it_names(tmp_path, monkeypatch):
+    """The pod exits non-zero with a one-line reason, and the BatchPrediction it names says why."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"name": "nightly", "namespace": "ns", "model": {"uri": "file:///m"},
+                                "output": {"uri": "file:///out"}}))
+    monkeypatch.setenv("MLCYCLE_REPORT_DIR", str(tmp_path / "reports"))
+    done = subprocess.run([sys.executable, "-m", "mlcycle_runtime.batch", "--config", str(path)], capture_output=True,
+                          text=True, cwd=ROOT, env={**os.environ})
+    assert done.returncode != 0 and done.stderr.strip().endswith("mlcycle: invalid config: input: Field required")
+    report = json.loads((tmp_path / "reports" / "batchprediction-nightly.json").read_text())
+    assert report == {"phase": "Failed", "error": "mlcycle: invalid config: input: Field required"}
