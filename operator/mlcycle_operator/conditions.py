@@ -53,6 +53,12 @@ class Reason(StrEnum):
     PHASE_CHANGED = "PhaseChanged"  # Normal Event on every phase change
     SUCCEEDED = "Succeeded"  # Normal Event: the model was trained
     FAILED = "Failed"  # Warning Event: the job failed
+    # BatchPrediction (also WorkloadCreated, WorkloadRefused, Pending, Finished, Succeeded, Failed, DeadlineExceeded,
+    # NoModelYet and the pod reasons above)
+    RUNNING = "Running"  # Progressing True: the scorer is reading and scoring rows
+    SCHEDULED = "Scheduled"  # Ready True: the CronJob exists and starts runs on the schedule
+    SCORING_FAILED = "ScoringFailed"  # a run failed: the scorer's error, a failed Job, or no report
+    MODEL_RESOLVED = "ModelResolved"  # Normal Event: a tracked model's newest gated version scores from the next run
     # ModelDeployment (the rollout's own reasons are rollout.Reason)
     NO_MODEL_YET = "NoModelYet"  # Ready False: no version to serve (none passed its gates, or the pin is missing)
     WAITING_FOR_REPLICAS = "WaitingForReplicas"  # Ready False: the version to serve has no ready replica yet

@@ -33,7 +33,7 @@ PLURALS = {
     "RayJob": "rayjobs", "NetworkPolicy": "networkpolicies", "ServiceMonitor": "servicemonitors",
     "PrometheusRule": "prometheusrules",
     "MLProject": "mlprojects", "TrainingJob": "trainingjobs", "ModelDeployment": "modeldeployments",
-    "DriftMonitor": "driftmonitors",
+    "DriftMonitor": "driftmonitors", "BatchPrediction": "batchpredictions",
 }
 
 # "Not known here, ask the API server": what a cache answers for a kind it does not keep (None means absent).

@@ -274,6 +274,30 @@ class DriftConfig(ConfigModel):
     report: ReportTarget = Field(default_factory=lambda: ReportTarget(status_field="report"))
 
 
+class BatchInput(ConfigModel):
+    uri: str
+    passthrough: list[str] = Field(default_factory=list)
+
+
+class BatchOutput(ConfigModel):
+    uri: str
+
+
+class BatchConfig(ConfigModel):
+    """A BatchPrediction run: the model the operator resolved, the input to score and where the run's directory goes."""
+
+    kind: Literal["BatchPrediction"] = "BatchPrediction"
+    name: str
+    namespace: str = "default"
+    project: str | None = None
+    model: ModelRef
+    input: BatchInput
+    output: BatchOutput
+    max_invalid_fraction: float = Field(0.0, ge=0, le=1)
+    batch_size: int = Field(65536, ge=1)
+    report: ReportTarget = Field(default_factory=lambda: ReportTarget(status_field="report"))
+
+
 class ConfigError(SystemExit):
     """A config the workload cannot run with; its message is the one-line reason printed on exit."""
 

@@ -1,7 +1,8 @@
 """How a workload reports back: a merge patch of its own resource's status in a cluster, a JSON file alone.
 
-In a pod (KUBERNETES_SERVICE_HOST set) the report goes to `status.<statusField>` of the TrainingJob or
-DriftMonitor named in the config, with the workload ServiceAccount's token — the only write it is allowed.
+In a pod (KUBERNETES_SERVICE_HOST set) the report goes to `status.<statusField>` of the TrainingJob,
+DriftMonitor or BatchPrediction named in the config, with the workload ServiceAccount's token — the only write it
+is allowed.
 Run alone, each report replaces `<dir>/<kind>-<name>.json` (MLCYCLE_REPORT_DIR, default the working
 directory), so a person or a test reads the same document the operator would.
 """
@@ -18,7 +19,7 @@ log = logging.getLogger(__name__)
 
 GROUP = "mlcycle.io"
 VERSION = "v1alpha1"
-PLURALS = {"TrainingJob": "trainingjobs", "DriftMonitor": "driftmonitors"}
+PLURALS = {"TrainingJob": "trainingjobs", "DriftMonitor": "driftmonitors", "BatchPrediction": "batchpredictions"}
 REPORT_DIR_ENV = "MLCYCLE_REPORT_DIR"
 
 

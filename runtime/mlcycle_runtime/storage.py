@@ -76,6 +76,16 @@ def s3_endpoint() -> str | None:
     return next((os.environ[name] for name in S3_ENDPOINT_ENVS if os.environ.get(name)), None)
 
 
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and path of a storage URI (for data: batch inputs and outputs)."""
+    return _fs(uri)
+
+
+def bucket_missing(fs: fsspec.AbstractFileSystem, path: str, uri: str) -> str | None:
+    """On S3, why nothing can be written under `uri`: its bucket does not exist; None otherwise."""
+    return _bucket_missing(fs, path, uri)
+
+
 def _fs(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     url = resolve(uri)
     options: dict[str, Any] = {}

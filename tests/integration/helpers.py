@@ -17,7 +17,8 @@ EXAMPLES = {m["kind"]: m for m in (yaml.safe_load(p.read_text())
                                    for p in sorted((ROOT / "examples/churn/manifests").glob("*.yaml")))}
 GROUP, VERSION = "mlcycle.io", "v1alpha1"
 PLURALS = {"MLProject": "mlprojects", "TrainingJob": "trainingjobs",
-           "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors"}
+           "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors",
+           "BatchPrediction": "batchpredictions"}
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition", every: float = 0.5):

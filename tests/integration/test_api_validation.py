@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "examples" / "churn" / "manifests"
 EXAMPLES = {m["kind"]: m for m in (yaml.safe_load(p.read_text()) for p in sorted(MANIFESTS.glob("*.yaml")))}
 PLURALS = {"MLProject": "mlprojects", "TrainingJob": "trainingjobs",
-           "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors"}
+           "ModelDeployment": "modeldeployments", "DriftMonitor": "driftmonitors",
+           "BatchPrediction": "batchpredictions"}
 DELETE = object()
 
 
@@ -69,7 +70,7 @@ def test_kubectl_get_mlcycle_lists_every_kind_with_columns(cluster, api_client, 
     for expected in ("mlproject.mlcycle.io/churn", "trainingjob.mlcycle.io/churn-v1",
                      "modeldeployment.mlcycle.io/churn", "driftmonitor.mlcycle.io/churn",
                      "METRIC", "roc_auc", "MODEL", "churn-classifier", "STABLE", "TRAFFIC",
-                     "LAST-RETRAIN"):
+                     "LAST-RETRAIN", "batchprediction.mlcycle.io/churn-nightly"):
         assert expected in out, f"{expected!r} missing from:\n{out}"
     short = subprocess.run([str(kubectl), f"--kubeconfig={cluster.kubeconfig}", "get", "tj,md,mlp,dm", "-n", namespace,
                             "-o", "json"], capture_output=True, text=True, check=True).stdout
@@ -118,6 +119,11 @@ EDGE_CASES = [
     ("DriftMonitor", {"spec.tests": {"numeric": {"method": "ks", "threshold": 1.0},
                                      "categorical": {"method": "psi", "threshold": 2.5}}}),
     ("DriftMonitor", {"spec.actions.retrain.template": template(), "spec.window": "1m0s"}),
+    ("BatchPrediction", {"spec.schedule": DELETE, "spec.model.track": DELETE, "spec.model.version": "v3"}),
+    ("BatchPrediction", {"spec.schedule": {"cron": "@daily", "timeZone": "Europe/Berlin",
+                                           "concurrencyPolicy": "Replace", "successfulRunsHistoryLimit": 0}}),
+    ("BatchPrediction", {"spec.input.uri": "s3://warehouse/customers/", "spec.maxInvalidFraction": 1,
+                         "spec.batchSize": 1_000_000}),
 ]
 
 
@@ -301,6 +307,21 @@ MALFORMED = [
      "spec.actions.retrain.template.data.labelColumn", EMPTY),
     ("DriftMonitor", {"spec.actions.retrain.template": template(activeDeadline="0s")},
      "spec.actions.retrain.template.activeDeadline", "must be longer than 0s"),
+    # BatchPrediction: the model as a ModelDeployment's, storage URIs, the schedule, the scorer's own columns.
+    ("BatchPrediction", {"spec.model.version": "3"}, "spec.model", "set exactly one of model.version"),
+    ("BatchPrediction", {"spec.model.track": DELETE}, "spec.model", "set exactly one of model.version"),
+    ("BatchPrediction", {"spec.input.uri": "customers.parquet"}, "spec.input.uri", "should match"),
+    ("BatchPrediction", {"spec.output.uri": "pvc://Bad_Claim/out"}, "spec.output.uri", "should match"),
+    ("BatchPrediction", {"spec.input.passthrough": ["customer_id", "prediction"]}, "spec.input.passthrough",
+     "columns the scorer adds"),
+    ("BatchPrediction", {"spec.schedule.cron": "every night"}, "spec.schedule.cron", "should match"),
+    ("BatchPrediction", {"spec.schedule.concurrencyPolicy": "Queue"}, "spec.schedule.concurrencyPolicy",
+     "Unsupported value"),
+    ("BatchPrediction", {"spec.maxInvalidFraction": 1.5}, "spec.maxInvalidFraction", "less than or equal to 1"),
+    ("BatchPrediction", {"spec.batchSize": 0}, "spec.batchSize", "greater than or equal to 1"),
+    ("BatchPrediction", {"spec.resources.memory": "0Gi"}, "spec.resources.memory", POSITIVE),
+    ("BatchPrediction", {"spec.activeDeadline": "0s"}, "spec.activeDeadline", "must be longer than 0s"),
+    ("BatchPrediction", {"spec.input": DELETE}, "spec.input", "Required value"),
 ]
 
 

@@ -447,7 +447,7 @@ def test_the_workload_role_grants_only_what_workloads_use():
         assert set(rule["verbs"]) <= {"get", "list", "watch", "patch"}
         assert "patch" not in rule["verbs"] or all(r.endswith("/status") for r in rule["resources"])
     statuses = {r for rule in rules if "patch" in rule["verbs"] for r in rule["resources"]}
-    assert statuses == {"trainingjobs/status", "driftmonitors/status"}
+    assert statuses == {"trainingjobs/status", "driftmonitors/status", "batchpredictions/status"}
 
 
 def test_feature_store_yaml_of_the_example_keeps_everything_on_the_claim():

@@ -259,7 +259,7 @@ GROUPS = {
     "RayJob": "ray.io", "NetworkPolicy": "networking.k8s.io", "ServiceMonitor": "monitoring.coreos.com",
     "PrometheusRule": "monitoring.coreos.com",
     "MLProject": "mlcycle.io", "TrainingJob": "mlcycle.io", "ModelDeployment": "mlcycle.io",
-    "DriftMonitor": "mlcycle.io",
+    "DriftMonitor": "mlcycle.io", "BatchPrediction": "mlcycle.io",
 }
 # What the operator does with each kind: kube.py issues get/list/create/patch/delete (never update); Kopf
 # lists, watches and patches the four mlcycle kinds and watches the children it caches (handlers/_cache.py);
@@ -275,6 +275,7 @@ VERBS = {
     "TrainingJob": {"get", "list", "watch", "patch", "create"},
     "ModelDeployment": {"get", "list", "watch", "patch"},
     "DriftMonitor": {"get", "list", "watch", "patch"},
+    "BatchPrediction": {"get", "list", "watch", "patch"},
 }
 
 
@@ -284,7 +285,7 @@ def test_operator_may_do_everything_it_does(helm):
     for kind, plural in kube.PLURALS.items():
         for verb in VERBS.get(kind, CHILD_VERBS):
             assert allows(rules, GROUPS[kind], plural, verb), f"the operator cannot {verb} {plural}"
-    for plural in ("mlprojects", "trainingjobs", "modeldeployments", "driftmonitors"):
+    for plural in ("mlprojects", "trainingjobs", "modeldeployments", "driftmonitors", "batchpredictions"):
         assert allows(rules, "mlcycle.io", f"{plural}/status", "patch")
     # Kopf itself: observing CRDs and namespaces, and peering.
     for group, resource, verbs in (("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
@@ -301,7 +302,7 @@ def test_operator_may_do_nothing_more(helm):
     needed = {(GROUPS[kind], plural, verb) for kind, plural in kube.PLURALS.items()
               for verb in VERBS.get(kind, CHILD_VERBS)}
     needed |= {("mlcycle.io", f"{p}/status", "patch")
-               for p in ("mlprojects", "trainingjobs", "modeldeployments", "driftmonitors")}
+               for p in ("mlprojects", "trainingjobs", "modeldeployments", "driftmonitors", "batchpredictions")}
     needed |= {("apiextensions.k8s.io", "customresourcedefinitions", v) for v in ("list", "watch")}
     needed |= {("", "namespaces", v) for v in ("list", "watch")}
     needed |= {("kopf.dev", r, v) for r in ("clusterkopfpeerings", "kopfpeerings") for v in ("get", "list", "watch",
@@ -397,7 +398,7 @@ def test_crds_are_installed_from_crds_directories(helm):
                 if d["kind"] == "CustomResourceDefinition"}
 
     mlcycle = {"mlprojects.mlcycle.io", "trainingjobs.mlcycle.io", "modeldeployments.mlcycle.io",
-               "driftmonitors.mlcycle.io"}
+               "driftmonitors.mlcycle.io", "batchpredictions.mlcycle.io"}
     kopf = {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
     assert crds() == mlcycle | kopf
     assert crds("--set", "peering.installCrds=false") == mlcycle

@@ -30,6 +30,7 @@ MODULE_KIND = {
     "handlers/trainingjob.py": "TrainingJob", "diagnose.py": "TrainingJob",
     "handlers/modeldeployment.py": "ModelDeployment", "rollout.py": "ModelDeployment",
     "handlers/driftmonitor.py": "DriftMonitor", "retraining.py": "DriftMonitor",
+    "handlers/batchprediction.py": "BatchPrediction", "batchstatus.py": "BatchPrediction",
     "handlers/_status.py": None, "handlers/_children.py": None, "handlers/_events.py": None,
 }
 

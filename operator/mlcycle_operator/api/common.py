@@ -1,4 +1,4 @@
-"""Types shared by the four kinds: the camelCase base model, quantities, durations, conditions."""
+"""Types shared by the kinds: the camelCase base model, quantities, durations, conditions."""
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
 
+from .batchprediction import BatchPredictionSpec, BatchPredictionStatus
 from .common import GROUP, VERSION
 from .driftmonitor import DriftMonitorSpec, DriftMonitorStatus
 from .mlproject import MLProjectSpec, MLProjectStatus
@@ -116,6 +117,21 @@ KINDS: list[Kind] = [
             AGE,
         ],
         embedded={("actions", "retrain", "template"): TrainingJobSpec},
+    ),
+    Kind(
+        "BatchPrediction", "batchpredictions", "bp", BatchPredictionSpec, BatchPredictionStatus,
+        "Batch scoring of a Parquet input with one model version, once or on a schedule.",
+        [
+            _col("Project", ".spec.project"),
+            _col("Phase", ".status.phase"),
+            _col("Version", ".status.modelVersion"),
+            _col("Rows", ".status.rowsScored", "integer"),
+            _col("Rows/s", ".status.rowsPerSecond", "number"),
+            AGE,
+            _col("Schedule", ".spec.schedule.cron", priority=1),
+            _col("Refused", ".status.rowsRefused", "integer", priority=1),
+            _col("Output", ".status.output", priority=1),
+        ],
     ),
 ]
 

@@ -52,8 +52,9 @@ def workload_role(spec: MLProjectSpec, meta: Meta) -> dict[str, Any]:
         "metadata": {"name": workload_service_account_name(meta.name), "namespace": meta.namespace,
                      "labels": _labels(meta, "workload-identity")},
         "rules": [
-            # Trainer writes status.result; drift monitor writes status.report.
-            {"apiGroups": ["mlcycle.io"], "resources": ["trainingjobs/status", "driftmonitors/status"],
+            # Trainer writes status.result; drift monitor and batch scorer write status.report.
+            {"apiGroups": ["mlcycle.io"],
+             "resources": ["trainingjobs/status", "driftmonitors/status", "batchpredictions/status"],
              "verbs": ["get", "patch"]},
             # Router learns its routing table by watching its ModelDeployment.
             {"apiGroups": ["mlcycle.io"], "resources": ["modeldeployments", "trainingjobs", "driftmonitors"],

@@ -1,0 +1,1 @@
+"""Batch scoring: a BatchPrediction's run, `python -m mlcycle_runtime.batch --config ...`."""
