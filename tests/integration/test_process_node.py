@@ -1,13 +1,16 @@
 """The process node: pods scheduled to it run as local processes, as the e2e tier needs them to.
 
-Real control plane, real processes: a Deployment's pod serves HTTP on its own local address from a mounted
-ConfigMap as uid 65532 with a read-only root, becomes Ready through its probe and appears in its Service's
-EndpointSlice; Jobs complete or fail by exit code; an in-cluster client authenticates with the projected
-service-account token; deleting a pod kills its process group.
+Real control plane, real processes: a Deployment's pod serves HTTP in a network namespace of its own from a
+mounted ConfigMap as uid 65532 with a read-only root, becomes Ready through its probe and appears in its
+Service's EndpointSlice; its address is on none of the host's own interfaces, and the host reaches it only on
+loopback; Jobs complete or fail by exit code; an in-cluster client authenticates with the projected
+service-account token (the API server relayed into the pod's namespace); deleting a pod kills its process group
+and removes its namespace, and stopping the node removes every namespace it made.
 """
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.harness import process_node
+from tests.harness import netns, process_node
 from tests.harness.pytest_support import unavailable
 from tests.integration.helpers import wait_for
 
@@ -37,8 +40,14 @@ def node(api_client):
     pn = process_node.ProcessNode(api_client, directory, name=NODE)
     pn.start()
     yield pn
+    made = pn.network.node_ns
     pn.stop()
     client.CoreV1Api(api_client).delete_node(pn.name)
+    assert not [n for n in netns.names() if n == made or n.startswith(f"{made}-")], "namespaces left behind"
+
+
+def host_addresses() -> str:
+    return subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
 
 
 def pod_of(core: client.CoreV1Api, namespace: str, selector: str) -> client.V1Pod | None:
@@ -67,8 +76,7 @@ def test_a_deployment_serves_from_its_own_address_and_joins_its_endpointslice(ap
             "metadata": {"labels": labels},
             "spec": {**ON_NODE, "containers": [{
                 "name": "web", "image": "python",
-                "command": ["python", "-m", "http.server", "8000", "--bind", "$(MLCYCLE_BIND_HOST)",
-                            "--directory", "/srv/site"],
+                "command": ["python", "-m", "http.server", "8000", "--directory", "/srv/site"],
                 "ports": [{"name": "http", "containerPort": 8000}],
                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
                 "livenessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 2, "initialDelaySeconds": 2},
@@ -87,9 +95,17 @@ def test_a_deployment_serves_from_its_own_address_and_joins_its_endpointslice(ap
 
     pod = wait_for(ready, 60, "the web pod to be Ready")
     ip = pod.status.pod_ip
-    assert ip.startswith("10.245.") and ip != "10.245.0.1"
-    with urllib.request.urlopen(f"http://{ip}:8000/index.html", timeout=5) as response:
+    assert ip.startswith(node.prefix) and ip != f"{node.prefix}1"
+    assert f" {ip}/" not in host_addresses(), "the pod address is on one of the host's own interfaces"
+    local = process_node.host_address(ip)
+    assert local.startswith("127.")
+    with urllib.request.urlopen(f"http://{local}:8000/index.html", timeout=5) as response:
         assert response.read().decode() == "hello from a configmap"
+    pod_ns = node.network.pod_ns(ip)
+    assert pod_ns in netns.names()
+    inside = subprocess.run(["ip", "-n", pod_ns, "-o", "addr", "show", "dev", "eth0"], capture_output=True,
+                            text=True, check=True).stdout
+    assert f" {ip}/24 " in inside
 
     discovery = client.DiscoveryV1Api(api_client)
 
@@ -104,12 +120,12 @@ def test_a_deployment_serves_from_its_own_address_and_joins_its_endpointslice(ap
 
     def gone():
         try:
-            urllib.request.urlopen(f"http://{ip}:8000/", timeout=1)
+            urllib.request.urlopen(f"http://{local}:8000/", timeout=1)
         except OSError:
-            return True
+            return pod_ns not in netns.names()
         return False
 
-    wait_for(gone, 30, "the deleted pod's server to stop")
+    wait_for(gone, 30, "the deleted pod's server and namespace to go")
     replacement = wait_for(lambda: (p := ready()) and p.metadata.uid != pod.metadata.uid and p, 60,
                            "a replacement pod")
     assert replacement.status.pod_ip != ip
