@@ -2,10 +2,11 @@
 
 Real control plane, real processes: a Deployment's pod serves HTTP in a network namespace of its own from a
 mounted ConfigMap as uid 65532 with a read-only root, becomes Ready through its probe and appears in its
-Service's EndpointSlice; its address is on none of the host's own interfaces, and the host reaches it only on
-loopback; Jobs complete or fail by exit code; an in-cluster client authenticates with the projected
-service-account token (the API server relayed into the pod's namespace); deleting a pod kills its process group
-and removes its namespace, and stopping the node removes every namespace it made.
+Service's EndpointSlice; its address is on none of the host's own interfaces: another pod reaches it over the
+node's bridge, the host only on loopback; Jobs complete or fail by exit code; an in-cluster client
+authenticates with the projected service-account token (the API server relayed into the pod's namespace);
+deleting a pod kills its process group and removes its namespace, and stopping the node removes every
+namespace it made.
 """
 
 from __future__ import annotations
@@ -115,6 +116,16 @@ def test_a_deployment_serves_from_its_own_address_and_joins_its_endpointslice(ap
 
     assert wait_for(endpoint_addresses, 30, "the pod in the Service's EndpointSlice") == [ip]
 
+    # Another pod reaches it at its pod address, over the node's bridge (as a router reaches a model server).
+    batch = client.BatchV1Api(api_client)
+    batch.create_namespaced_job(namespace, job("peer", "import urllib.request; print(urllib.request.urlopen("
+                                                f"'http://{ip}:8000/index.html', timeout=5).read().decode())"))
+    wait_for(lambda: any(c.type == "Complete" and c.status == "True"
+                         for c in batch.read_namespaced_job_status("peer", namespace).status.conditions or []),
+             60, "the peer job to fetch the page")
+    assert node.logs(namespace, pod_of(core, namespace, "job-name=peer").metadata.name).strip() == \
+        "hello from a configmap"
+
     # The process group dies with the pod; the ReplicaSet's replacement gets a new address.
     core.delete_namespaced_pod(pod.metadata.name, namespace)
 
@@ -173,3 +184,23 @@ def test_in_cluster_clients_authenticate_with_the_projected_token(api_client, na
     out = node.logs(namespace, pod.metadata.name)
     assert out.strip() == f"me {pod.metadata.name} {pod.status.pod_ip}", out
     assert not any(Path(process_node.SA_DIR).glob("*")), "the token is mounted for the pod only, not on the host"
+
+
+def test_a_node_removes_the_namespaces_a_killed_run_of_its_subnet_left():
+    reason = process_node.available()
+    if reason:
+        unavailable("process node", reason)
+    probe = netns.NodeNetwork(preferred_subnet=200)
+    subnet = probe.subnet
+    probe.close()
+    # What a run killed mid-test leaves: its namespaces (its subnet lock died with it).
+    for name in (f"mlcycle-pn{subnet}", f"mlcycle-pn{subnet}-7"):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    network = netns.NodeNetwork(preferred_subnet=subnet)
+    try:
+        assert network.subnet == subnet
+        assert f"mlcycle-pn{subnet}-7" not in netns.names()
+        assert f"mlcycle-pn{subnet}" in netns.names()  # made afresh
+    finally:
+        network.close()
+    assert not [n for n in netns.names() if n.startswith(f"mlcycle-pn{subnet}")]
