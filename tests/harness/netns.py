@@ -100,7 +100,7 @@ def available() -> str | None:
         ip("netns", "add", name)
         try:
             ip("-n", name, "link", "add", "v0", "type", "veth", "peer", "name", "v1")
-            in_netns(name, socket.socket)
+            in_netns(name, socket.socket).close()
         finally:
             ip("netns", "del", name, check=False)
     except OSError as err:
@@ -128,8 +128,17 @@ class Relays:
         self.loop.call_soon_threadsafe(server.close)
 
     def stop(self) -> None:
+        """End every relayed connection, then the loop."""
+        async def cancel_all() -> None:
+            for task in asyncio.all_tasks() - {asyncio.current_task()}:
+                task.cancel()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
+        if not self._thread.is_alive():
+            self.loop.close()
 
     async def _relay(self, reader, writer, target: tuple[str, int], via: ThreadPoolExecutor | None) -> None:
         try:
@@ -140,9 +149,11 @@ class Relays:
         except (OSError, TimeoutError):
             writer.close()
             return
-        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
-        for w in (writer, up_writer):
-            w.close()
+        try:
+            await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+        finally:
+            for w in (writer, up_writer):
+                w.close()
 
     @staticmethod
     async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
