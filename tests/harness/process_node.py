@@ -159,7 +159,7 @@ class ProcessNode:
         """The next of 10.245.<subnet>.2-251 that no pod of this node holds."""
         held = {run.ip for run in self.pods.values()}
         for _ in range(250):
-            self._last_host = self._last_host % 250 + 2
+            self._last_host = (self._last_host - 1) % 250 + 2
             address = f"{self.prefix}{self._last_host}"
             if address not in held:
                 return address

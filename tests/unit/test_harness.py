@@ -136,3 +136,18 @@ def test_process_nodes_of_concurrent_runs_never_share_a_subnet(tmp_path, monkeyp
     assert again == 1
     for fd in (second_lock, again_lock):
         os.close(fd)
+
+
+def test_process_node_addresses_cycle_through_its_subnet_skipping_held_ones(tmp_path):
+    from types import SimpleNamespace
+
+    from kubernetes import client as k8s
+
+    from tests.harness.process_node import PodRun, ProcessNode
+
+    node = ProcessNode(k8s.ApiClient(), tmp_path)
+    node.network = SimpleNamespace(prefix="10.245.3.")
+    assert [node._next_ip() for _ in range(3)] == ["10.245.3.2", "10.245.3.3", "10.245.3.4"]
+    node._last_host = 250
+    node.pods["held"] = PodRun("ns", "pod", "held", "10.245.3.2", tmp_path, "netns", "Always")
+    assert [node._next_ip() for _ in range(2)] == ["10.245.3.251", "10.245.3.3"]  # .2 is still held
