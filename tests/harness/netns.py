@@ -141,12 +141,15 @@ class Relays:
             self.loop.close()
 
     async def _relay(self, reader, writer, target: tuple[str, int], via: ThreadPoolExecutor | None) -> None:
+        upstream = None
         try:
             upstream = socket.socket() if via is None else await self.loop.run_in_executor(via, socket.socket)
             upstream.setblocking(False)
             await asyncio.wait_for(self.loop.sock_connect(upstream, target), 10)
             up_reader, up_writer = await asyncio.open_connection(sock=upstream)
-        except (OSError, TimeoutError):
+        except (OSError, TimeoutError):  # nothing listens there (yet): the client sees its connection closed
+            if upstream is not None:
+                upstream.close()
             writer.close()
             return
         try:
