@@ -126,10 +126,12 @@ def closed_loop(cluster: LocalCluster, kubectl, claim_dir: Path, keep: float) ->
     core = client.CoreV1Api(api)
     for node in core.list_node(label_selector="type=kwok").items:
         core.patch_node(node.metadata.name, {"spec": {"unschedulable": True}})
-    node = process_node.ProcessNode(api, cluster.directory / "process-node", name="process-node-demo", subnet=2)
+    node = process_node.ProcessNode(api, cluster.directory / "process-node", name="process-node-demo", subnet=2,
+                                    host_ports=(prometheus.port,))
     node.start()
     ml = Mlcycle(api, NAMESPACE)
-    loop = ClosedLoop(ml, claim_dir, logs=lambda pod: node.logs(NAMESPACE, pod), say=say)
+    loop = ClosedLoop(ml, claim_dir, logs=lambda pod: node.logs(NAMESPACE, pod), say=say,
+                      pod_address=process_node.host_address)
     try:
         return run_loop(loop, ml, kubectl, keep, where="on the process node")
     finally:

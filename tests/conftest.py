@@ -18,6 +18,13 @@ from tests.harness import binaries
 from tests.harness.cluster import MARKER_CONFIGMAP, LocalCluster
 from tests.harness.pytest_support import unavailable
 
+# A local Ray a test starts on this host (the trainer's, in its process or a child) keeps to loopback: Ray's node
+# address is otherwise this machine's own interface address, and test traffic goes only to loopback or into
+# namespaces the tests made. Ray names this switch for Windows and macOS, where it is off by default; on Linux it
+# only stops `ray start` from joining other machines, which no test does here. Process-node pods get an
+# environment of their own: their Ray uses the pod's address, inside the pod's network namespace.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 # Set to a kubeconfig (e.g. the one `make cluster-up` prints) to reuse a running test cluster.
 REUSE_ENV = "MLCYCLE_TEST_KUBECONFIG"
 

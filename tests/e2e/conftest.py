@@ -18,7 +18,7 @@ from tests.harness.pytest_support import unavailable
 
 
 @pytest.fixture(scope="module")
-def node(api_client) -> Iterator[process_node.ProcessNode]:
+def node(api_client, prometheus) -> Iterator[process_node.ProcessNode]:
     reason = process_node.available()
     if reason:
         unavailable("process node", reason)
@@ -27,7 +27,7 @@ def node(api_client) -> Iterator[process_node.ProcessNode]:
     for name in fake:
         core.patch_node(name, {"spec": {"unschedulable": True}})
     pn = process_node.ProcessNode(api_client, Path(tempfile.mkdtemp(prefix="mlcycle-e2e-node-")),
-                                  name="process-node-e2e", subnet=1)
+                                  name="process-node-e2e", subnet=1, host_ports=(prometheus.port,))
     pn.start()
     try:
         yield pn

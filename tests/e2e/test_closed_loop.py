@@ -16,6 +16,7 @@ import pytest
 from kubernetes import client
 
 from tests import loop_checks as checks
+from tests.harness import process_node
 from tests.harness.loop import MODEL, ClosedLoop
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +35,8 @@ def say(message: str) -> None:
 
 @pytest.mark.timeout(1800)  # about 12 minutes on 2 cores: three trainings, four servers, real waits
 def test_drift_retrains_promotes_and_rolls_back(ml, node, api_client):
-    loop = ClosedLoop(ml, claim_directory(ml.namespace), logs=lambda pod: node.logs(ml.namespace, pod), say=say)
+    loop = ClosedLoop(ml, claim_directory(ml.namespace), logs=lambda pod: node.logs(ml.namespace, pod), say=say,
+                      pod_address=process_node.host_address)
     try:
         loop.start()
         _first_model(loop, ml, node, api_client)

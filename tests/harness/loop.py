@@ -168,6 +168,8 @@ class ClosedLoop:
     """One run of the loop in `ml`'s namespace. Where pods run as host processes, `claim_dir` is the host
     directory bound to the churn-models claim; on a real cluster, `put` writes a file into the claim (path in the
     claim, frame) and `router_url` is where clients reach the router from here, and `spec` the manifests.
+    Without `router_url`, clients call the router pod at `pod_address(podIP)` (the process node: its loopback
+    forward of the pod's address, tests/harness/netns.py).
     `create` submits the four manifests (default: a plain create; tests/harness/gitops.py applies them as GitOps
     would)."""
 
@@ -175,10 +177,11 @@ class ClosedLoop:
                  say: Callable[[str], None] = lambda _: None,
                  put: Callable[[str, pd.DataFrame], None] | None = None, router_url: str | None = None,
                  spec: dict[str, dict[str, Any]] | None = None,
-                 create: Callable[[dict[str, Any]], Any] | None = None):
+                 create: Callable[[dict[str, Any]], Any] | None = None,
+                 pod_address: Callable[[str], str] = lambda ip: ip):
         self.ml, self.claim_dir, self.say = ml, claim_dir, say
         self.logs = logs  # pod name -> its logs, for explanations
-        self.put, self.router_url = put, router_url
+        self.put, self.router_url, self.pod_address = put, router_url, pod_address
         self.spec = spec or manifests()
         self.create = create or ml.create
         self.phases: dict[str, float] = {}  # name -> seconds
@@ -210,7 +213,7 @@ class ClosedLoop:
                                            version), 300, f"ModelDeployment churn to serve {version}")
         router = self.wait(self._router_pod, 120, "a ready router pod")
         self.phases["serve v1"] = time.monotonic() - begin
-        self.url = self.router_url or f"http://{router.status.pod_ip}:8080"
+        self.url = self.router_url or f"http://{self.pod_address(router.status.pod_ip)}:8080"
         steady = records(self._frames["history"].tail(3000))
         if self.router_url:
             # A node port answers only once kube-proxy has programmed it, a few seconds after the Service exists:

@@ -1,8 +1,9 @@
 """A node whose pods run as local processes — only as much of a kubelet as mlcycle's pods need.
 
 Test and demo infrastructure for the local control plane (KWOK fakes every other node). A pod scheduled here
-gets a local address of its own (`status.podIP`, added to the loopback device — the API server refuses 127/8
-in EndpointSlices — and MLCYCLE_BIND_HOST so its servers listen on it only),
+gets a network namespace of its own with an address on the node's bridge (`status.podIP`, 10.245.x.y: the API
+server refuses 127/8 in EndpointSlices; see tests/harness/netns.py — nothing is added to the host's own
+interfaces, and the host reaches a pod's declared ports on loopback, at `host_address(podIP)`),
 its volumes materialised in a directory and bind-mounted at the paths the pod spec names inside a private
 mount namespace (ConfigMaps, Secrets, emptyDirs, the projected service-account token, claims bound to hostPath
 volumes), its containers' command, args and env run as process groups with the user and read-only root the
@@ -14,12 +15,12 @@ The EndpointSlice controller then publishes ready pods, so Services are reached 
 from __future__ import annotations
 
 import base64
-import itertools
 import json
 import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +33,11 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import client, watch
+
+from . import netns
+from .netns import host_address
+
+__all__ = ["NODE_LABEL", "ProcessNode", "available", "host_address"]
 
 log = logging.getLogger("process-node")
 
@@ -53,18 +59,9 @@ def available() -> str | None:
     probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"], capture_output=True)
     if probe.returncode != 0:
         return f"cannot create a mount namespace: {probe.stderr.decode().strip()}"
-    if shutil.which("ip") is None:
-        return "the ip command (iproute2) is not installed"
-    address = "10.245.255.254/32"
-    added = subprocess.run(["ip", "addr", "add", address, "dev", "lo"], capture_output=True)
-    if added.returncode != 0:
-        return f"cannot add pod addresses to the loopback device: {added.stderr.decode().strip()}"
-    subprocess.run(["ip", "addr", "del", address, "dev", "lo"], capture_output=True)
-    return None
-
-
-def _ip(action: str, address: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", "addr", action, f"{address}/32", "dev", "lo"], capture_output=True, text=True)
+    if shutil.which("ip") is None or shutil.which("nsenter") is None:
+        return "the ip command (iproute2) or nsenter (util-linux) is not installed"
+    return netns.available()
 
 
 @dataclass
@@ -99,6 +96,7 @@ class PodRun:
     uid: str
     ip: str
     directory: Path
+    netns: str
     restart_policy: str
     containers: list[Container] = field(default_factory=list)
     start_time: str = field(default_factory=now)
@@ -110,7 +108,8 @@ class ProcessNode:
     """One node; `start()` registers it and runs its pods until `stop()`."""
 
     def __init__(self, api: client.ApiClient, directory: Path, *, name: str = "process-node-0",
-                 python_bin: Path | None = None, cpu: str = "16", memory: str = "64Gi", subnet: int = 0) -> None:
+                 python_bin: Path | None = None, cpu: str = "16", memory: str = "64Gi", subnet: int = 0,
+                 host_ports: tuple[int, ...] = ()) -> None:
         self.api, self.core = api, client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
         self.directory, self.name = directory, name
@@ -118,9 +117,12 @@ class ProcessNode:
         self.apiserver_port = urllib.parse.urlsplit(api.configuration.host).port or 443
         self.python_bin = python_bin or Path(sys.executable).parent
         self.cpu, self.memory = cpu, memory
-        # Pod addresses 10.245.<subnet>.2-251: outside the service range (10.96/16); one /24 per node.
-        self.prefix = f"10.245.{subnet}."
-        self._ips = (f"{self.prefix}{i % 250 + 2}" for i in itertools.count())
+        # Host services a pod may call on 127.0.0.1 (e.g. Prometheus), relayed into its namespace with the API
+        # server's. `subnet` is a preference: one held by a node of a concurrent run is not taken.
+        self.host_ports = (self.apiserver_port, *host_ports)
+        self.preferred_subnet = subnet
+        self.network: netns.NodeNetwork | None = None
+        self._last_host = 1
         self.pods: dict[str, PodRun] = {}
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -130,7 +132,7 @@ class ProcessNode:
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._release_addresses()
+        self.network = netns.NodeNetwork(self.preferred_subnet)
         self._register()
         for target in (self._watch_pods, self._supervise, self._heartbeat):
             thread = threading.Thread(target=target, name=f"{self.name}-{target.__name__}", daemon=True)
@@ -144,15 +146,24 @@ class ProcessNode:
                 self._kill(run, grace=2)
         for thread in self._threads:
             thread.join(timeout=5)
-        self._release_addresses()
+        if self.network is not None:
+            self.network.close()
 
-    def _release_addresses(self) -> None:
-        """Drop this node's pod addresses from the loopback device (also those a killed run left behind)."""
-        shown = subprocess.run(["ip", "-4", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True)
-        for line in shown.stdout.splitlines():
-            address = line.split()[3].split("/")[0]
-            if address.startswith(self.prefix):
-                _ip("del", address)
+    @property
+    def prefix(self) -> str:
+        """The first three octets of this node's pod addresses (10.245.<subnet>.)."""
+        assert self.network is not None, "start() the node first"
+        return self.network.prefix
+
+    def _next_ip(self) -> str:
+        """The next of 10.245.<subnet>.2-251 that no pod of this node holds."""
+        held = {run.ip for run in self.pods.values()}
+        for _ in range(250):
+            self._last_host = (self._last_host - 1) % 250 + 2
+            address = f"{self.prefix}{self._last_host}"
+            if address not in held:
+                return address
+        raise RuntimeError(f"all 250 pod addresses of {self.prefix}0/24 are held")
 
     def logs(self, namespace: str, pod: str, container: str | None = None) -> str:
         """A container's log (the first container when none is named), as `kubectl logs` would show it."""
@@ -265,18 +276,24 @@ class ProcessNode:
             run = self.pods.pop(uid, None)
             if run is not None:
                 self._kill(run, grace=1)
-                _ip("del", run.ip)
+                if self.network is not None:
+                    self.network.remove_pod(run.ip)
 
     def _admit(self, pod: dict[str, Any]) -> None:
         meta, spec = pod["metadata"], pod["spec"]
-        run = PodRun(meta["namespace"], meta["name"], meta["uid"], next(self._ips),
+        assert self.network is not None
+        address = self._next_ip()
+        run = PodRun(meta["namespace"], meta["name"], meta["uid"], address,
                      self.directory / f"{meta['namespace']}_{meta['name']}_{meta['uid'][:8]}",
-                     spec.get("restartPolicy", "Always"))
+                     self.network.pod_ns(address), spec.get("restartPolicy", "Always"))
         run.directory.mkdir(parents=True, exist_ok=True)
         self.pods[run.uid] = run
-        added = _ip("add", run.ip)
-        if added.returncode != 0 and "File exists" not in added.stderr:
-            self._send_status(run, pod_phase="Pending", message=f"pod address {run.ip}: {added.stderr.strip()}")
+        ports = [p["containerPort"] for c in spec["containers"] for p in c.get("ports") or []]
+        try:
+            self.network.add_pod(run.ip, ports, list(self.host_ports))
+        except OSError as err:
+            self._send_status(run, pod_phase="Pending", message=f"pod network {run.ip}: {err}")
+            log.warning("pod %s/%s: %s", run.namespace, run.name, err)
             return
         try:
             volumes = self._materialize_volumes(pod, run)
@@ -384,9 +401,7 @@ class ProcessNode:
     def _env(self, pod: dict[str, Any], run: PodRun, c: dict[str, Any]) -> dict[str, str]:
         env = {"PATH": f"{self.python_bin}:/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp",
                "HOSTNAME": run.name, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-               "KUBERNETES_SERVICE_PORT": str(self.apiserver_port),
-               # The stand-in for a network namespace: servers listen on the pod's own address only.
-               "MLCYCLE_BIND_HOST": run.ip, "PYTHONUNBUFFERED": "1"}
+               "KUBERNETES_SERVICE_PORT": str(self.apiserver_port), "PYTHONUNBUFFERED": "1"}
         ns = run.namespace
         for source in c.get("envFrom") or []:
             prefix = source.get("prefix", "")
@@ -453,8 +468,8 @@ class ProcessNode:
         plan_path.write_text(json.dumps(plan, indent=1))
         logfile = open(container.log_path, "ab")  # noqa: SIM115 — the child owns it; closed below
         container.process = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "tests.harness.pod_exec",
-             str(plan_path)],
+            ["nsenter", f"--net={netns.NETNS_DIR / run.netns}", "unshare", "--mount", "--propagation", "private",
+             sys.executable, "-m", "tests.harness.pod_exec", str(plan_path)],
             stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT,
             env={**env, "PYTHONPATH": str(ROOT)}, start_new_session=True)
         logfile.close()
@@ -541,27 +556,35 @@ class ProcessNode:
                         os.killpg(c.process.pid, signal.SIGKILL)
 
     def _check(self, run: PodRun, c: Container, spec: dict[str, Any]) -> bool:
+        """One probe, from the node's namespace (as a kubelet probes from its node); exec inside the pod's."""
         timeout = spec.get("timeoutSeconds", 1)
+        assert self.network is not None
         if "httpGet" in spec:
             get = spec["httpGet"]
-            port = self._port(c, get["port"])
-            url = f"http://{run.ip}:{port}{get.get('path', '/')}"
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    return 200 <= response.status < 400
-            except Exception:
-                return False
+            url = f"http://{run.ip}:{self._port(c, get['port'])}{get.get('path', '/')}"
+            return self.network.call(self._http_ok, url, timeout)
         if "tcpSocket" in spec:
-            import socket
-
-            try:
-                with socket.create_connection((run.ip, self._port(c, spec["tcpSocket"]["port"])), timeout=timeout):
-                    return True
-            except OSError:
-                return False
+            return self.network.call(self._tcp_ok, run.ip, self._port(c, spec["tcpSocket"]["port"]), timeout)
         if "exec" in spec:
-            return subprocess.run(spec["exec"]["command"], capture_output=True, timeout=timeout).returncode == 0
+            return subprocess.run(["nsenter", f"--net={netns.NETNS_DIR / run.netns}", *spec["exec"]["command"]],
+                                  capture_output=True, timeout=timeout).returncode == 0
         return True
+
+    @staticmethod
+    def _http_ok(url: str, timeout: float) -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return 200 <= response.status < 400
+        except Exception:
+            return False
+
+    @staticmethod
+    def _tcp_ok(address: str, port: int, timeout: float) -> bool:
+        try:
+            with socket.create_connection((address, port), timeout=timeout):
+                return True
+        except OSError:
+            return False
 
     @staticmethod
     def _port(c: Container, port: int | str) -> int:

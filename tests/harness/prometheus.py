@@ -26,7 +26,8 @@ class Prometheus(ServerProcess):
     directory: Path
     targets: list[str]
     scrape_interval: str = "1s"
-    # With a kubeconfig, also scrape the annotated pods of the process nodes (their addresses are real).
+    # With a kubeconfig, also scrape the annotated pods of the process nodes (through the node's loopback
+    # forwards: the pods' own addresses are inside network namespaces).
     kubeconfig: Path | None = None
     node_regex: str = "process-node.*"
     port: int = 0
@@ -100,14 +101,17 @@ class Prometheus(ServerProcess):
 
     @staticmethod
     def pod_targets(pods, node_regex: str) -> list[dict]:
-        """file_sd entries for running pods on matching nodes with prometheus.io/scrape: "true"."""
+        """file_sd entries for running pods on matching nodes with prometheus.io/scrape: "true", at the loopback
+        address where the process node forwards each pod's ports."""
+        from .netns import host_address
+
         out = []
         for pod in pods:
             notes = pod.metadata.annotations or {}
             if (notes.get("prometheus.io/scrape") != "true" or pod.status.phase != "Running" or not pod.status.pod_ip
                     or not re.fullmatch(node_regex, pod.spec.node_name or "")):
                 continue
-            out.append({"targets": [f"{pod.status.pod_ip}:{notes.get('prometheus.io/port', '80')}"],
+            out.append({"targets": [f"{host_address(pod.status.pod_ip)}:{notes.get('prometheus.io/port', '80')}"],
                         "labels": {"__metrics_path__": notes.get("prometheus.io/path", "/metrics"),
                                    "pod": pod.metadata.name}})
         return sorted(out, key=lambda t: t["targets"])

@@ -1,13 +1,17 @@
 """The process node: pods scheduled to it run as local processes, as the e2e tier needs them to.
 
-Real control plane, real processes: a Deployment's pod serves HTTP on its own local address from a mounted
-ConfigMap as uid 65532 with a read-only root, becomes Ready through its probe and appears in its Service's
-EndpointSlice; Jobs complete or fail by exit code; an in-cluster client authenticates with the projected
-service-account token; deleting a pod kills its process group.
+Real control plane, real processes: a Deployment's pod serves HTTP in a network namespace of its own from a
+mounted ConfigMap as uid 65532 with a read-only root, becomes Ready through its probe and appears in its
+Service's EndpointSlice; its address is on none of the host's own interfaces: another pod reaches it over the
+node's bridge, the host only on loopback; Jobs complete or fail by exit code; an in-cluster client
+authenticates with the projected service-account token (the API server relayed into the pod's namespace);
+deleting a pod kills its process group and removes its namespace, and stopping the node removes every
+namespace it made.
 """
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -15,7 +19,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from tests.harness import process_node
+from tests.harness import netns, process_node
 from tests.harness.pytest_support import unavailable
 from tests.integration.helpers import wait_for
 
@@ -37,8 +41,14 @@ def node(api_client):
     pn = process_node.ProcessNode(api_client, directory, name=NODE)
     pn.start()
     yield pn
+    made = pn.network.node_ns
     pn.stop()
     client.CoreV1Api(api_client).delete_node(pn.name)
+    assert not [n for n in netns.names() if n == made or n.startswith(f"{made}-")], "namespaces left behind"
+
+
+def host_addresses() -> str:
+    return subprocess.run(["ip", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
 
 
 def pod_of(core: client.CoreV1Api, namespace: str, selector: str) -> client.V1Pod | None:
@@ -67,8 +77,7 @@ def test_a_deployment_serves_from_its_own_address_and_joins_its_endpointslice(ap
             "metadata": {"labels": labels},
             "spec": {**ON_NODE, "containers": [{
                 "name": "web", "image": "python",
-                "command": ["python", "-m", "http.server", "8000", "--bind", "$(MLCYCLE_BIND_HOST)",
-                            "--directory", "/srv/site"],
+                "command": ["python", "-m", "http.server", "8000", "--directory", "/srv/site"],
                 "ports": [{"name": "http", "containerPort": 8000}],
                 "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
                 "livenessProbe": {"tcpSocket": {"port": 8000}, "periodSeconds": 2, "initialDelaySeconds": 2},
@@ -87,9 +96,17 @@ def test_a_deployment_serves_from_its_own_address_and_joins_its_endpointslice(ap
 
     pod = wait_for(ready, 60, "the web pod to be Ready")
     ip = pod.status.pod_ip
-    assert ip.startswith("10.245.") and ip != "10.245.0.1"
-    with urllib.request.urlopen(f"http://{ip}:8000/index.html", timeout=5) as response:
+    assert ip.startswith(node.prefix) and ip != f"{node.prefix}1"
+    assert f" {ip}/" not in host_addresses(), "the pod address is on one of the host's own interfaces"
+    local = process_node.host_address(ip)
+    assert local.startswith("127.")
+    with urllib.request.urlopen(f"http://{local}:8000/index.html", timeout=5) as response:
         assert response.read().decode() == "hello from a configmap"
+    pod_ns = node.network.pod_ns(ip)
+    assert pod_ns in netns.names()
+    inside = subprocess.run(["ip", "-n", pod_ns, "-o", "addr", "show", "dev", "eth0"], capture_output=True,
+                            text=True, check=True).stdout
+    assert f" {ip}/24 " in inside
 
     discovery = client.DiscoveryV1Api(api_client)
 
@@ -99,17 +116,27 @@ def test_a_deployment_serves_from_its_own_address_and_joins_its_endpointslice(ap
 
     assert wait_for(endpoint_addresses, 30, "the pod in the Service's EndpointSlice") == [ip]
 
+    # Another pod reaches it at its pod address, over the node's bridge (as a router reaches a model server).
+    batch = client.BatchV1Api(api_client)
+    batch.create_namespaced_job(namespace, job("peer", "import urllib.request; print(urllib.request.urlopen("
+                                                f"'http://{ip}:8000/index.html', timeout=5).read().decode())"))
+    wait_for(lambda: any(c.type == "Complete" and c.status == "True"
+                         for c in batch.read_namespaced_job_status("peer", namespace).status.conditions or []),
+             60, "the peer job to fetch the page")
+    assert node.logs(namespace, pod_of(core, namespace, "job-name=peer").metadata.name).strip() == \
+        "hello from a configmap"
+
     # The process group dies with the pod; the ReplicaSet's replacement gets a new address.
     core.delete_namespaced_pod(pod.metadata.name, namespace)
 
     def gone():
         try:
-            urllib.request.urlopen(f"http://{ip}:8000/", timeout=1)
+            urllib.request.urlopen(f"http://{local}:8000/", timeout=1)
         except OSError:
-            return True
+            return pod_ns not in netns.names()
         return False
 
-    wait_for(gone, 30, "the deleted pod's server to stop")
+    wait_for(gone, 30, "the deleted pod's server and namespace to go")
     replacement = wait_for(lambda: (p := ready()) and p.metadata.uid != pod.metadata.uid and p, 60,
                            "a replacement pod")
     assert replacement.status.pod_ip != ip
@@ -157,3 +184,23 @@ def test_in_cluster_clients_authenticate_with_the_projected_token(api_client, na
     out = node.logs(namespace, pod.metadata.name)
     assert out.strip() == f"me {pod.metadata.name} {pod.status.pod_ip}", out
     assert not any(Path(process_node.SA_DIR).glob("*")), "the token is mounted for the pod only, not on the host"
+
+
+def test_a_node_removes_the_namespaces_a_killed_run_of_its_subnet_left():
+    reason = process_node.available()
+    if reason:
+        unavailable("process node", reason)
+    probe = netns.NodeNetwork(preferred_subnet=200)
+    subnet = probe.subnet
+    probe.close()
+    # What a run killed mid-test leaves: its namespaces (its subnet lock died with it).
+    for name in (f"mlcycle-pn{subnet}", f"mlcycle-pn{subnet}-7"):
+        subprocess.run(["ip", "netns", "add", name], check=True)
+    network = netns.NodeNetwork(preferred_subnet=subnet)
+    try:
+        assert network.subnet == subnet
+        assert f"mlcycle-pn{subnet}-7" not in netns.names()
+        assert f"mlcycle-pn{subnet}" in netns.names()  # made afresh
+    finally:
+        network.close()
+    assert not [n for n in netns.names() if n.startswith(f"mlcycle-pn{subnet}")]

@@ -110,4 +110,44 @@ def test_prometheus_discovers_annotated_running_pods_of_process_nodes():
     pods = [pod("router"), pod("fake", node="kwok-node-0"), pod("done", phase="Succeeded"),
             pod("quiet", scrape="false"), pod("starting", ip=None)]
     assert Prometheus.pod_targets(pods, "process-node.*") == [
-        {"targets": ["10.245.1.5:8080"], "labels": {"__metrics_path__": "/metrics", "pod": "router"}}]
+        {"targets": ["127.245.1.5:8080"], "labels": {"__metrics_path__": "/metrics", "pod": "router"}}]
+
+
+def test_process_node_pods_are_reached_from_the_host_on_loopback_only():
+    from tests.harness.netns import host_address, prefix
+
+    assert prefix(3) == "10.245.3."
+    assert host_address("10.245.3.7") == "127.245.3.7"
+    with pytest.raises(ValueError):
+        host_address("192.168.1.7")  # only the node's own pod addresses have a loopback forward
+
+
+def test_process_nodes_of_concurrent_runs_never_share_a_subnet(tmp_path, monkeypatch):
+    import os
+
+    from tests.harness import netns
+
+    monkeypatch.setattr(netns, "LOCK_DIR", tmp_path)
+    first, first_lock = netns.NodeNetwork._claim(1)
+    second, second_lock = netns.NodeNetwork._claim(1)  # a second node wanting the same subnet gets another
+    assert (first, second) == (1, 0)
+    os.close(first_lock)  # the holder is gone (stopped, or killed: the kernel drops its lock)
+    again, again_lock = netns.NodeNetwork._claim(1)
+    assert again == 1
+    for fd in (second_lock, again_lock):
+        os.close(fd)
+
+
+def test_process_node_addresses_cycle_through_its_subnet_skipping_held_ones(tmp_path):
+    from types import SimpleNamespace
+
+    from kubernetes import client as k8s
+
+    from tests.harness.process_node import PodRun, ProcessNode
+
+    node = ProcessNode(k8s.ApiClient(), tmp_path)
+    node.network = SimpleNamespace(prefix="10.245.3.")
+    assert [node._next_ip() for _ in range(3)] == ["10.245.3.2", "10.245.3.3", "10.245.3.4"]
+    node._last_host = 250
+    node.pods["held"] = PodRun("ns", "pod", "held", "10.245.3.2", tmp_path, "netns", "Always")
+    assert [node._next_ip() for _ in range(2)] == ["10.245.3.251", "10.245.3.3"]  # .2 is still held

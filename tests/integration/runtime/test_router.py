@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness import netns
 from tests.harness.cluster import free_port
 from tests.integration.helpers import wait_for
 
@@ -92,8 +93,11 @@ def serve_upstream(argv: list[str] | None = None) -> None:
 class Proc:
     """A child process with its log in a file; stopped by the fixture that started it."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None,
+                 namespace: str | None = None) -> None:
         self.log = log
+        if namespace is not None:  # a network namespace of tests/harness/netns.py
+            args = ["nsenter", f"--net={netns.NETNS_DIR / namespace}", *args]
         with log.open("wb") as out:
             self.popen = subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
                                           env={**os.environ, **(env or {})})
@@ -122,12 +126,16 @@ class Proc:
 
 
 class Upstream:
-    def __init__(self, tmp: Path, version: str, score: float, *flags: str, host: str = "127.0.0.1") -> None:
-        self.version, self.port, self.host = version, free_port(), host
-        self.url = f"http://{host}:{self.port}"
+    """A model server stand-in on loopback or, with `namespace`, on `host` inside that network namespace (and
+    then reached from here at its loopback forward)."""
+
+    def __init__(self, tmp: Path, version: str, score: float, *flags: str, host: str = "127.0.0.1",
+                 port: int | None = None, namespace: str | None = None) -> None:
+        self.version, self.port, self.host = version, port or free_port(), host
+        self.url = f"http://{host if namespace is None else netns.host_address(host)}:{self.port}"
         self.proc = Proc([sys.executable, "-m", "tests.integration.runtime.test_router", "--version", version,
                           "--score", str(score), "--port", str(self.port), "--host", host, *flags],
-                         tmp / f"upstream-{version}-{self.port}.log")
+                         tmp / f"upstream-{version}-{self.port}.log", namespace=namespace)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         self.proc.stop(sig)
@@ -138,13 +146,18 @@ class Upstream:
 
 
 class RouterProc:
-    def __init__(self, tmp: Path, config: dict, env: dict[str, str] | None = None, name: str = "router") -> None:
+    """The router on loopback or, with `namespace`, in that network namespace at `address` (reached from here at
+    its loopback forward)."""
+
+    def __init__(self, tmp: Path, config: dict, env: dict[str, str] | None = None, name: str = "router",
+                 namespace: str | None = None, address: str | None = None) -> None:
         self.port = config.setdefault("port", free_port())
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{'127.0.0.1' if namespace is None else netns.host_address(address)}:{self.port}"
         self.config_path = tmp / f"{name}.json"
         self.write(config)
         self.proc = Proc([sys.executable, "-m", "mlcycle_runtime.router", "--config", str(self.config_path),
-                          "--host", "127.0.0.1"], tmp / f"{name}.log", env)
+                          "--host", "127.0.0.1" if namespace is None else "0.0.0.0"], tmp / f"{name}.log", env,
+                         namespace=namespace)
 
     def write(self, config: dict) -> None:
         # Replace, not rewrite in place, as a ConfigMap update does (and so a reader never sees half a file).
@@ -508,19 +521,6 @@ def test_reference_unavailable_routes_anyway_and_loads_later(tmp, upstreams, ref
 # --- against the local control plane ----------------------------------------------------------------------
 
 
-def host_address() -> str | None:
-    """This machine's non-loopback IPv4 address (the API server refuses loopback addresses in EndpointSlices)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.connect(("10.255.255.255", 1))  # UDP: picks the outgoing interface, sends nothing
-        except OSError:
-            return None
-        address = sock.getsockname()[0]
-    return None if address.startswith("127.") else address
-
-
 def endpoint_slice(name: str, service: str, upstream: Upstream) -> dict:
     """A slice as a Service's would be, pointing at an upstream server (a model server pod)."""
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -531,14 +531,31 @@ def endpoint_slice(name: str, service: str, upstream: Upstream) -> dict:
 
 
 @pytest.fixture
-def pod_upstreams(tmp) -> Iterator[dict[str, Upstream]]:
-    """Upstreams on a non-loopback address, which an EndpointSlice may name."""
+def pod_network() -> Iterator[netns.NodeNetwork]:
+    """A node's pod network as the process node makes it (tests/harness/netns.py): the API server refuses
+    loopback addresses in EndpointSlices, and test traffic may not go to this machine's own interfaces, so the
+    router and its upstreams run in network namespaces of their own on one bridge, reached from here on
+    loopback."""
+    import shutil
+
     from tests.harness.pytest_support import unavailable
 
-    address = host_address()
-    if address is None:
-        unavailable("a non-loopback IPv4 address", "EndpointSlices may not point at loopback addresses")
-    started = {v: Upstream(tmp, v, s, host=address) for v, s in SCORES.items()}
+    reason = "nsenter (util-linux) is not installed" if shutil.which("nsenter") is None else netns.available()
+    if reason:
+        unavailable("network namespaces", reason)
+    network = netns.NodeNetwork(preferred_subnet=9)
+    yield network
+    network.close()
+
+
+@pytest.fixture
+def pod_upstreams(tmp, pod_network) -> Iterator[dict[str, Upstream]]:
+    """Upstreams at pod addresses, which an EndpointSlice may name, each in its own network namespace."""
+    started = {}
+    for n, (version, score) in enumerate(SCORES.items(), start=2):
+        address, port = f"{pod_network.prefix}{n}", free_port()
+        namespace = pod_network.add_pod(address, ports=[port], host_ports=[])
+        started[version] = Upstream(tmp, version, score, host=address, port=port, namespace=namespace)
     try:
         for upstream in started.values():
             upstream.proc.wait_http(f"{upstream.url}/livez")
@@ -549,8 +566,10 @@ def pod_upstreams(tmp) -> Iterator[dict[str, Upstream]]:
 
 
 @pytest.mark.integration
-def test_follows_modeldeployment_status_and_endpointslices(tmp, pod_upstreams, cluster, api_client, namespace,
-                                                           mlcycle_crds):
+def test_follows_modeldeployment_status_and_endpointslices(tmp, pod_network, pod_upstreams, cluster, api_client,
+                                                           namespace, mlcycle_crds):
+    import urllib.parse
+
     from kubernetes import client
 
     upstreams = pod_upstreams
@@ -565,14 +584,18 @@ def test_follows_modeldeployment_status_and_endpointslices(tmp, pod_upstreams, c
                                                       "churn", {"status": {"traffic": list(entries)}})
 
     set_traffic({"version": "v1", "weight": 100, "role": "stable", "shadowPercent": 0})
-    # The operator's Service names (churn-v-<version>) resolve through these slices to the loopback upstreams.
+    # The operator's Service names (churn-v-<version>) resolve through these slices to the upstreams' pod addresses.
     for version in ("v1", "v2"):
         discovery.create_namespaced_endpoint_slice(namespace, endpoint_slice(
             f"churn-v-{version}-abcde", f"churn-v-{version}", upstreams[version]))
     # The ConfigMap seeds v1 at the operator's URL; the live table comes from the ModelDeployment's status.
-    config = {"name": "churn", "namespace": namespace,
+    config = {"name": "churn", "namespace": namespace, "port": free_port(),
               "routes": [route("v1", 100, "stable", f"http://churn-v-v1.{namespace}.svc:3000")]}
-    proc = RouterProc(tmp, config, name="watch",
+    # The router in a pod's namespace too, so it reaches the upstreams; the API server is relayed into it.
+    router_address = f"{pod_network.prefix}10"
+    apiserver_port = urllib.parse.urlsplit(api_client.configuration.host).port
+    router_ns = pod_network.add_pod(router_address, ports=[config["port"]], host_ports=[apiserver_port])
+    proc = RouterProc(tmp, config, name="watch", namespace=router_ns, address=router_address,
                       env={"MLCYCLE_ROUTER_WATCH": "1", "KUBECONFIG": str(cluster.kubeconfig)})
 
     def answers(n: int = 20) -> Counter:
@@ -599,8 +622,9 @@ def test_follows_modeldeployment_status_and_endpointslices(tmp, pod_upstreams, c
         wait_for(lambda: value(proc.metrics(), shadow, namespace=namespace, version="v3", result="error") > 0, 5,
                  "mirrors to a version with no endpoints failing", every=0.2)
         # v2's pod moves (its slice now points at another server): requests follow the new endpoint.
+        moved_to = endpoint_slice("churn-v-v2-abcde", "churn-v-v2", upstreams["v3"])
         discovery.patch_namespaced_endpoint_slice("churn-v-v2-abcde", namespace, {
-            "ports": [{"name": "http", "port": upstreams["v3"].port, "protocol": "TCP"}]})
+            "endpoints": moved_to["endpoints"], "ports": moved_to["ports"]})
         discovery.create_namespaced_endpoint_slice(namespace, endpoint_slice(
             "churn-v-v3-abcde", "churn-v-v3", upstreams["v3"]))
 
