@@ -1,9 +1,10 @@
 """Latency the router adds over calling the model server directly, measured open-loop.
 
 Requests leave a separate load process (bench/openloop.py) at a fixed arrival rate whatever the server does, and
-each latency is taken from the intended send time, so queueing cannot hide. The same load goes straight to the upstream
-(baseline) and through the router (canary 90/10 with 10% shadow to a third version), interleaved in the same
-run. Prints p50/p99/max of both and the difference against the targets (<= 1 ms p50, <= 2 ms p99).
+each latency is taken from the intended send time, so queueing cannot hide. The same load goes straight to the
+upstream (baseline), through the router (canary 90/10 with 10% shadow to a third version) and through a second
+router that also logs every answer (the prediction log), interleaved in the same run. Prints p50/p99/max of each,
+the router's difference against the targets (<= 1 ms p50, <= 2 ms p99) and what the prediction log adds.
 
     .venv/bin/python bench/router_overhead.py [--rate 500] [--duration 20] [--rounds 2]
         [--upstream-cmd 'bentoml serve ... --port {port}']   # default: a minimal uvicorn server
@@ -131,27 +132,41 @@ def main() -> None:
                       {"version": "v3", "weight": 0, "role": "candidate", "shadowPercent": 10, "url": upstreams["v3"]},
                   ]}
         (workdir / "router.json").write_text(json.dumps(config))
+        # The same router with the prediction log on (every answer logged, written each second), in its own
+        # process, so the log's cost shows as the difference between the two.
+        logged_port = free_port()
+        (workdir / "router-log.json").write_text(json.dumps({
+            **config, "port": logged_port,
+            "predictionLog": {"uri": f"file://{workdir}/predictions", "sampleRate": 1.0, "flushSeconds": 1.0}}))
         env = {**os.environ, "MLCYCLE_LOG_LEVEL": "WARNING", "PYTHONPATH": str(ROOT / "runtime")}
-        procs.append(subprocess.Popen([PYTHON, "-m", "mlcycle_runtime.router", "--config", str(workdir / "router.json"),
-                                       "--host", "127.0.0.1"], cwd=ROOT, env=env))
+        routers = {}
+        for name, port, conf in (("router+log", logged_port, "router-log.json"),
+                                 ("router", router_port, "router.json")):
+            procs.append(subprocess.Popen([PYTHON, "-m", "mlcycle_runtime.router", "--config", str(workdir / conf),
+                                           "--host", "127.0.0.1"], cwd=ROOT, env=env))
+            routers[name] = procs[-1]
+            wait_ready(f"http://127.0.0.1:{port}/readyz", procs[-1])
         router = f"http://127.0.0.1:{router_port}"
-        wait_ready(router + "/readyz", procs[-1])
 
-        targets = {"direct": upstreams["v1"] + "/predict", "router": router + "/predict"}
+        targets = {"direct": upstreams["v1"] + "/predict", "router": router + "/predict",
+                   "router+log": f"http://127.0.0.1:{logged_port}/predict"}
         print(f"open loop at {args.rate:g} req/s, {args.duration:g} s per phase, {args.rounds} round(s); "
               f"router: 90/10 canary + 10% shadow; upstream: {args.upstream_cmd or 'minimal uvicorn app'}")
         for url in targets.values():  # warm connections and code paths
             run_load(url, args.rate, 2)
-        results: dict[str, list[float]] = {"direct": [], "router": []}
-        errors = {"direct": 0, "router": 0}
-        router_cpu = upstream_cpu = 0.0
+        results: dict[str, list[float]] = {name: [] for name in targets}
+        errors = dict.fromkeys(targets, 0)
+        router_cpu = dict.fromkeys(routers, 0.0)
+        upstream_cpu = 0.0
         for _ in range(args.rounds):
             for name, url in targets.items():
-                before = cpu_seconds(procs[-1].pid), cpu_seconds(procs[0].pid)
+                proc = routers.get(name, procs[0])
+                before = cpu_seconds(proc.pid), cpu_seconds(procs[0].pid)
                 latencies, failed = run_load(url, args.rate, args.duration)
-                after = cpu_seconds(procs[-1].pid), cpu_seconds(procs[0].pid)
+                after = cpu_seconds(proc.pid), cpu_seconds(procs[0].pid)
+                if name in routers:
+                    router_cpu[name] += after[0] - before[0]
                 if name == "router":
-                    router_cpu += after[0] - before[0]
                     upstream_cpu += after[1] - before[1]
                 results[name] += latencies
                 errors[name] += failed
@@ -159,15 +174,17 @@ def main() -> None:
                 print(f"  {name:7s} p50 {p['p50']:7.3f} ms  p99 {p['p99']:7.3f} ms  max {p['max']:8.3f} ms  "
                       f"({p['n']} requests, {failed} errors)")
         direct, routed = percentiles(results["direct"]), percentiles(results["router"])
+        logged = percentiles(results["router+log"])
         print("all rounds:")
-        for name, p in (("direct", direct), ("router", routed)):
-            print(f"  {name:7s} p50 {p['p50']:7.3f} ms  p99 {p['p99']:7.3f} ms  max {p['max']:8.3f} ms  "
+        for name, p in (("direct", direct), ("router", routed), ("router+log", logged)):
+            print(f"  {name:10s} p50 {p['p50']:7.3f} ms  p99 {p['p99']:7.3f} ms  max {p['max']:8.3f} ms  "
                   f"({p['n']} requests, {errors[name]} errors)")
-        routed_n = len(results["router"])
-        if router_cpu:
-            print(f"CPU per routed request: router {router_cpu / routed_n * 1e6:.0f} us (shadow calls included), "
-                  f"upstream v1 {upstream_cpu / routed_n * 1e6:.0f} us; load average {os.getloadavg()[0]:.1f} "
-                  f"on {os.cpu_count()} CPUs")
+        per = {name: router_cpu[name] / max(len(results[name]), 1) * 1e6 for name in routers}
+        print(f"CPU per routed request: router {per['router']:.0f} us (shadow calls included), with the prediction "
+              f"log {per['router+log']:.0f} us; upstream v1 {upstream_cpu / max(len(results['router']), 1) * 1e6:.0f} "
+              f"us; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+        print(f"the prediction log (every answer) adds: p50 {logged['p50'] - routed['p50']:+.3f} ms, p99 "
+              f"{logged['p99'] - routed['p99']:+.3f} ms, CPU {per['router+log'] - per['router']:+.0f} us per request")
         added50, added99 = routed["p50"] - direct["p50"], routed["p99"] - direct["p99"]
         print(f"router adds: p50 {added50:+.3f} ms (target <= {TARGET_P50_MS} ms: "
               f"{'met' if added50 <= TARGET_P50_MS else 'NOT met'}), p99 {added99:+.3f} ms (target <= "
