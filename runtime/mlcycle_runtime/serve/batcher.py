@@ -1,8 +1,10 @@
 """Adaptive batching inside a server worker: concurrent requests' rows scored as one matrix, answers fanned back.
 
 Each request's validated, encoded matrix joins a queue on the worker's event loop. The queue is scored when it
-holds `max_rows` rows, when its first request has waited `max_latency`, or at once when requests arrive too
-seldom for another to join within `max_latency` (so a quiet server adds no wait at all). A batch is scored
+holds `max_rows` rows, or when its first request has waited `max_latency`. It waits only while waiting pays: when
+requests arrive often enough for another to join within `max_latency` and the event loop is congested (its
+callbacks run late: the worker's CPU is the bottleneck). Otherwise the queue is scored at the loop's next turn,
+with whatever joined by then, so a server below saturation adds no wait at all. A batch is scored
 once: when scoring fails, every request in it gets the error (logged once, with its cause; the caller counts
 each request's error) and none is scored again. Past `max_queue_rows` waiting rows a request is shed with a
 503 rather than queued without bound.
@@ -25,6 +27,10 @@ logger = logging.getLogger(__name__)
 ARRIVAL_SMOOTHING = 0.2
 # How many batches' worth of rows may wait before new requests are shed.
 QUEUE_BATCHES = 64
+# The event loop counts as congested while its callbacks run, on average, later than due by this share of
+# max_latency (below saturation a callback waits behind a request or two: well under a millisecond each).
+CONGESTED_SHARE = 0.5
+LAG_SMOOTHING = 0.2
 
 
 class Overloaded(Exception):
@@ -71,14 +77,25 @@ class Batcher:
         self._flushing = False
         self._last_arrival: float | None = None
         self._gap: float | None = None  # moving average of the time between arrivals
+        self._lag = 0.0  # moving average of how late the flush callbacks ran
+        self._due = 0.0
 
     @property
     def queued_rows(self) -> int:
         return self._rows
 
     def expects_company(self) -> bool:
-        """Whether another request is likely to arrive within max_latency (worth waiting for)."""
+        """Whether another request is likely to arrive within max_latency."""
         return self._gap is not None and self._gap < self.max_latency
+
+    @property
+    def congested(self) -> bool:
+        """Whether the loop runs callbacks late: requests are waiting for the CPU anyway, so fewer, larger
+        batches buy throughput. Below that, waiting would only add latency."""
+        return self._lag > CONGESTED_SHARE * self.max_latency
+
+    def worth_waiting(self) -> bool:
+        return self.expects_company() and self.congested
 
     def _arrived(self, now: float) -> None:
         if self._last_arrival is not None:
@@ -99,7 +116,7 @@ class Batcher:
         waiting = _Waiting(matrix, loop.create_future(), now)
         self._pending.append(waiting)
         self._rows += rows
-        if self._rows >= self.max_rows or not self.expects_company():
+        if self._rows >= self.max_rows or not self.worth_waiting():
             # call_soon, not now: requests already read in this turn of the loop still join the batch.
             self._schedule(loop, 0.0)
         elif self._timer is None:
@@ -111,10 +128,13 @@ class Batcher:
             if delay > 0:
                 return
             self._timer.cancel()
+        self._due = loop.time() + delay
         self._timer = (loop.call_later(delay, self._start_flush) if delay > 0 else
                        loop.call_soon(self._start_flush))  # type: ignore[assignment]
 
     def _start_flush(self) -> None:
+        late = max(0.0, asyncio.get_running_loop().time() - self._due)
+        self._lag += LAG_SMOOTHING * (late - self._lag)
         self._timer = None
         if self._flushing or not self._pending:
             return  # the running flush takes what is pending when it finishes
@@ -156,7 +176,7 @@ class Batcher:
                     if not waiting.future.done():  # a cancelled request (client gone) needs no answer
                         waiting.future.set_result(predictions[offset:offset + n])
                     offset += n
-                if self._pending and self._rows < self.max_rows and self.expects_company():
+                if self._pending and self._rows < self.max_rows and self.worth_waiting():
                     # Load is high enough to wait for: let what arrived during this batch collect, up to
                     # max_latency from its oldest request, rather than scoring a fragment now.
                     wait = self.max_latency - (self._clock() - self._pending[0].since)
@@ -164,6 +184,7 @@ class Batcher:
                         if self._timer is not None:
                             self._timer.cancel()
                         loop = asyncio.get_running_loop()
+                        self._due = loop.time() + wait
                         self._timer = loop.call_later(wait, self._start_flush)  # type: ignore[assignment]
                         return
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -47,10 +48,12 @@ def rows(*values: float) -> np.ndarray:
 
 
 def busy(batcher: Batcher, clock: Clock, gap: float = 0.001) -> None:
-    """Arrivals `gap` apart so far: the batcher expects another request within max_latency."""
+    """Arrivals `gap` apart so far, on a loop that ran its callbacks far too late: the batcher expects another
+    request within max_latency, and waiting for it pays."""
     for _ in range(20):
         clock.now += gap
         batcher._arrived(clock.now)
+    batcher._lag = 1000.0
 
 
 def under_load(max_rows: int, max_latency: float, fail: Exception | None = None,
@@ -167,6 +170,32 @@ def test_queue_waits_are_reported_per_request():
 
     (size, waits), = asyncio.run(main()).batches
     assert size == 2 and waits == pytest.approx([0.004, 0.0])
+
+
+def test_frequent_requests_on_a_loop_with_cpu_to_spare_are_scored_at_once():
+    async def main():
+        batcher, score, _ = under_load(max_rows=32, max_latency=LONG)
+        batcher._lag = 0.0  # callbacks on time: the worker is not the bottleneck
+        return await asyncio.wait_for(batcher.submit(rows(1)), 5), score
+
+    answer, score = asyncio.run(main())
+    assert answer.tolist() == [10.0] and len(score.calls) == 1
+
+
+def test_a_late_loop_is_seen_as_congested_and_an_idle_one_is_not():
+    async def main():
+        batcher = Batcher(Recorder(), max_rows=32, max_latency=0.004)
+        for _ in range(20):
+            await batcher.submit(rows(1))
+        idle = batcher.congested
+        loop = asyncio.get_running_loop()
+        for _ in range(20):
+            task = asyncio.create_task(batcher.submit(rows(1)))
+            loop.call_soon(time.sleep, 0.005)  # another callback hogs the loop before the flush runs
+            await task
+        return idle, batcher.congested
+
+    assert asyncio.run(main()) == (False, True)
 
 
 def test_a_batch_of_one_is_refused():
