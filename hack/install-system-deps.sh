@@ -9,6 +9,8 @@ declare -A want=(
   [redis-server]=redis-server  # Feast's Redis online store in the feature-store integration tests
   [dockerd]=docker.io        # the cluster tier: kind nodes and the project's images, all built here
   [debootstrap]=debootstrap  # the Debian bases those images are built on (no registry to pull one from)
+  [ip]=iproute2              # the process node's pod network namespaces, veths and bridge
+  [nsenter]=util-linux       # running a pod's processes inside its namespace
 )
 missing=()
 for cmd in "${!want[@]}"; do
