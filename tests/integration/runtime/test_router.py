@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from mlcycle_runtime.router import app as router_app
 from tests.harness import netns
 from tests.harness.cluster import free_port
 from tests.integration.helpers import wait_for
@@ -619,8 +620,11 @@ def test_follows_modeldeployment_status_and_endpointslices(tmp, pod_network, pod
                     {"version": "v3", "weight": 0, "role": "candidate", "shadowPercent": 100})
         wait_for(lambda: len({v for v, _ in answers(40)}) == 2, 2.0, "a 50/50 split")
         shadow = "mlcycle_router_shadow_comparisons_total"
-        wait_for(lambda: value(proc.metrics(), shadow, namespace=namespace, version="v3", result="error") > 0, 5,
-                 "mirrors to a version with no endpoints failing", every=0.2)
+        # Without a slice the mirror falls back to v3's Service name, which no resolver reachable from the pod's
+        # namespace answers: the first failure is counted when the lookup gives up or the shadow call's own 10 s
+        # timeout ends it, whichever is first (it took over 5 s in 1 of 5 runs).
+        wait_for(lambda: value(proc.metrics(), shadow, namespace=namespace, version="v3", result="error") > 0,
+                 router_app.SHADOW_TIMEOUT_SECONDS + 5, "mirrors to a version with no endpoints failing", every=0.2)
         # v2's pod moves (its slice now points at another server): requests follow the new endpoint.
         moved_to = endpoint_slice("churn-v-v2-abcde", "churn-v-v2", upstreams["v3"])
         discovery.patch_namespaced_endpoint_slice("churn-v-v2-abcde", namespace, {
