@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from bench import openloop  # noqa: E402
 from examples.churn.generate import CATEGORICAL, NUMERIC, generate  # noqa: E402
 from tests.harness import server_process  # noqa: E402
+from tests.harness.cluster import free_port  # noqa: E402
 
 TARGETS = "DESIGN.md target: p50 <= 5 ms, p99 <= 10 ms, >= 500 req/s per replica"
 SUSTAINED_P99 = 0.100  # a rate is sustained while p99 stays under this, nothing fails and the load keeps up
@@ -170,7 +171,7 @@ def main() -> int:
         runs = [(f"{model} mlcycle", {"enabled": False}, [(1, one, ONE_ROW_RATES), (32, many, BATCH_RATES)]),
                 (f"{model} mlcycle+batching", {"enabled": True, **BATCHING}, [(1, one, ONE_ROW_RATES)])]
         for name, batching, loads in runs:
-            port = openloop_port()
+            port = free_port()
             conf = tmp / f"{name.replace(' ', '_')}.json"
             conf.write_text(json.dumps({"name": "bench", "model": {"uri": uri}, "port": port, "batching": batching}))
             argv = openloop.pinned([sys.executable, "-m", "mlcycle_runtime.serve", "--config", str(conf),
@@ -187,7 +188,7 @@ def main() -> int:
             finally:
                 stop(process)
         if not args.quick:
-            port = openloop_port()
+            port = free_port()
             name = f"{model} stock bentoml serve"
             argv = openloop.pinned([sys.executable, "-m", "bentoml", "serve", "stock_service:Stock", "--host",
                                     "127.0.0.1", "--port", str(port), "--working-dir", str(tmp)], cpus)
@@ -202,20 +203,12 @@ def main() -> int:
     return 0
 
 
-def openloop_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def through_router(tmp: Path, env: dict[str, str], upstream: str, body: bytes, seconds: float,
                    server_pid: int) -> list[Phase]:
     """The same one-row load through the router in front of the unbatched server, for the tail at the target
     rate. In a cluster the router is its own pod: here it runs on the load's CPU, beside the load process, so the
     server keeps its CPU to itself (on a 2-CPU machine there is no third)."""
-    port = openloop_port()
+    port = free_port()
     conf = tmp / "router.json"
     conf.write_text(json.dumps({"kind": "ModelDeployment", "name": "bench", "namespace": "bench", "port": port,
                                 "routes": [{"version": "v1", "weight": 100, "role": "stable", "url": upstream}]}))

@@ -74,3 +74,17 @@ class Reporter:
                 raise
             log.warning("could not report to %s/%s: %s %s", self.kind, self.name, err.status, err.reason)
             return False
+
+
+def report_bad_config(kind: str, path: str, reason: str, default_field: str) -> None:
+    """A config that does not validate may still name its resource: report Failed there, so the operator sees
+    why (nothing named: the one-line reason on stderr is all there is)."""
+    try:
+        raw = json.loads(Path(path).read_text())
+        name, namespace = raw["name"], raw.get("namespace", "default")
+        field = (raw.get("report") or {}).get("statusField", default_field)
+        if not isinstance(name, str) or not isinstance(namespace, str) or not isinstance(field, str):
+            return
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return
+    Reporter(kind, name, namespace, field).send({"phase": "Failed", "error": reason})

@@ -49,3 +49,13 @@ def waiting_for(body: kopf.Body, patch: kopf.Patch, status: dict[str, Any] | Non
                                     generation)
     if write(patch, status, {"phase": "Pending", "conditions": conditions, "observedGeneration": generation}):
         _events.warning(body, reason, message)
+
+
+def project_or_wait(body: kopf.Body, patch: kopf.Patch, status: dict[str, Any] | None, project: dict | None,
+                    name: str, namespace: str) -> dict:
+    """The MLProject a run needs; while it is missing, say so (Progressing False) and retry in 15 s."""
+    if project is None:
+        message = f"MLProject {name} does not exist in namespace {namespace}; waiting for it"
+        waiting_for(body, patch, status, cond.PROGRESSING, cond.Reason.PROJECT_NOT_FOUND, message)
+        raise kopf.TemporaryError(message, delay=15)
+    return project

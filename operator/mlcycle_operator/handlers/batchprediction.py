@@ -89,11 +89,8 @@ def _prepare(body: kopf.Body, bp: BatchPredictionSpec, status: kopf.Status, patc
              cache: Cache) -> None:
     meta = Meta.of(body)
     old = dict(status or {})
-    project = cache.project(meta.namespace, bp.project)
-    if project is None:
-        message = f"MLProject {bp.project} does not exist in namespace {meta.namespace}; waiting for it"
-        _status.waiting_for(body, patch, status, cond.PROGRESSING, cond.Reason.PROJECT_NOT_FOUND, message)
-        raise kopf.TemporaryError(message, delay=15)
+    project = _status.project_or_wait(body, patch, status, cache.project(meta.namespace, bp.project), bp.project,
+                                      meta.namespace)
     project_spec = MLProjectSpec.model_validate(project["spec"])
     model = _resolve(bp, meta, project_spec, cache)
     if model is None:

@@ -38,11 +38,8 @@ def trainingjob_start(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, pat
         if old.get("phase") in diagnose.TERMINAL:
             return
         cache = Cache(kwargs)
-        project = cache.project(meta.namespace, job.project)
-        if project is None:
-            message = f"MLProject {job.project} does not exist in namespace {meta.namespace}; waiting for it"
-            _status.waiting_for(body, patch, status, cond.PROGRESSING, cond.Reason.PROJECT_NOT_FOUND, message)
-            raise kopf.TemporaryError(message, delay=15)
+        project = _status.project_or_wait(body, patch, status, cache.project(meta.namespace, job.project),
+                                          job.project, meta.namespace)
         project_spec = MLProjectSpec.model_validate(project["spec"])
         champion = (project.get("status") or {}).get("champion")
         image = job.image or runtime_image(project_spec, memo)

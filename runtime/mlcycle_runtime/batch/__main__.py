@@ -3,26 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from mlcycle_runtime import config as cfg
-from mlcycle_runtime.report import Reporter
+from mlcycle_runtime import report
 
 
 def report_bad_config(path: str, reason: str) -> None:
-    """A config that does not validate still names its BatchPrediction: report Failed there, so the operator sees
-    why."""
-    try:
-        raw = json.loads(Path(path).read_text())
-        name, namespace = raw["name"], raw.get("namespace", "default")
-        field = (raw.get("report") or {}).get("statusField", "report")
-        if not isinstance(name, str) or not isinstance(namespace, str) or not isinstance(field, str):
-            return
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return  # nothing names the run: the one-line reason on stderr is all there is
-    Reporter("BatchPrediction", name, namespace, field).send({"phase": "Failed", "error": reason})
+    report.report_bad_config("BatchPrediction", path, reason, default_field="report")
 
 
 def main(argv: list[str] | None = None) -> int:
