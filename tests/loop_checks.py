@@ -63,8 +63,16 @@ def promoted(loop: ClosedLoop) -> None:
     assert md["traffic"] == [{"version": v2["model"]["version"], "weight": 100, "role": "stable",
                               "shadowPercent": 0}]
     runs = promoted["runs"]
-    assert runs and all(r["verdict"] in ("Pass", "Inconclusive") for r in runs), runs
-    assert any(r["verdict"] == "Pass" for r in runs), runs
+    # Promoted because it failed fewer runs than failureLimit allows and passed its last decisive one. A good
+    # canary may still fail one: a 10 s window at a few requests a second makes p99 the slowest request, and one
+    # request held by its container's CPU quota (kind, two cores) put the ratio at 12 in a CI run. That tolerance
+    # is what failureLimit is for; the bad v3 fails every run (rolled_back).
+    failed = [r for r in runs if r["verdict"] == "Fail"]
+    decisive = [r for r in runs if r["verdict"] != "Inconclusive"]
+    assert decisive and len(failed) < FAILURE_LIMIT and decisive[-1]["verdict"] == "Pass", runs
+    # No request of v2's failed: error rate passed wherever it was measured.
+    errors = [m for r in runs for m in r["measurements"] if m["name"] == "error-rate" and "passed" in m]
+    assert errors and all(m["passed"] for m in errors), runs
     measured = {m["name"] for r in runs for m in r["measurements"]}
     assert measured == {"error-rate", LATENCY_METRIC}
 
