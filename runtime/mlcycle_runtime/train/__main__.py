@@ -9,10 +9,6 @@ from mlcycle_runtime import config as cfg
 from mlcycle_runtime import report
 
 
-def report_bad_config(path: str, reason: str) -> None:
-    report.report_bad_config("TrainingJob", path, reason, default_field="result")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlcycle_runtime.train", description=__doc__)
     parser.add_argument("--config", default=cfg.DEFAULT_PATH, help="the TrainingJob's runtime config (JSON)")
@@ -20,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = cfg.load(cfg.TrainConfig, args.config)
     except cfg.ConfigError as err:
-        report_bad_config(args.config, str(err.code))
+        report.report_bad_config("TrainingJob", args.config, str(err.code), default_field="result")
         raise
     from mlcycle_runtime.train.run import Run
 
